@@ -1,0 +1,42 @@
+# One command sets everything up and runs the demo; one sets up and runs the tests.
+#   make demo    venv + install + synth -> preprocess -> info -> verify on a generated graph
+#   make test    venv + install + the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.gnn-ooc-installed
+DEMO   ?= demo
+
+.PHONY: setup demo test typecheck lint bench-preprocess clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch pinned first so that no dependency range ever pulls a newer multi-GB build
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/gnn-ooc synth $(DEMO)/raw --nodes 200000 --avg-degree 15 --feature-dim 64 --classes 8 --seed 0 --overwrite
+	$(BIN)/gnn-ooc preprocess $(DEMO)/raw -o $(DEMO)/dataset --undirected --dedup --memory-budget 256M
+	$(BIN)/gnn-ooc info $(DEMO)/dataset
+	$(BIN)/gnn-ooc verify $(DEMO)/dataset
+	@echo "demo dataset: $(abspath $(DEMO)/dataset)"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+typecheck: setup
+	$(BIN)/python -m mypy src graphstore tools
+
+lint: setup
+	$(BIN)/python -m ruff check src graphstore sampler trainer cuda tools tests
+
+bench-preprocess: setup
+	$(BIN)/python -m gnn_ooc.tools.bench_preprocess
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""gnn_ooc.cuda: see DESIGN.md; filled in by later issues."""

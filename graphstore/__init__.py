@@ -1,0 +1,29 @@
+"""gnn_ooc.graphstore: the on-disk dataset (format, manifest, checksums) and its ingest.
+
+Example:
+    >>> from gnn_ooc.graphstore import Dataset
+    >>> ds = Dataset.open("data/cora")   # doctest: +SKIP
+"""
+
+from gnn_ooc.graphstore.base import (
+    ChecksumError,
+    DatasetError,
+    GnnOocError,
+    InputError,
+    Manifest,
+    MemoryBudgetError,
+    PreprocessSpec,
+)
+from gnn_ooc.graphstore.dataset import Dataset, DegreeStats
+
+__all__ = [
+    "ChecksumError",
+    "Dataset",
+    "DatasetError",
+    "DegreeStats",
+    "GnnOocError",
+    "InputError",
+    "Manifest",
+    "MemoryBudgetError",
+    "PreprocessSpec",
+]

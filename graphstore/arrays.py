@@ -1,0 +1,224 @@
+"""Per-node array readers (features, labels) and split readers.
+
+A ``RowSource`` streams blocks of rows from ``.npy`` (memory-mapped), Parquet (one list column,
+or one numeric column per dimension) or headerless/headed CSV (optionally gzipped, as OGB ships
+them). Split files are id lists (or boolean masks) in ``.npy``, ``.csv[.gz]``, ``.txt`` or
+Parquet.
+
+Example:
+    >>> rows = open_rows("node_features.npy")                   # doctest: +SKIP
+    >>> for start, block in rows.blocks(65536): ...              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from gnn_ooc.graphstore.base import SPLIT_NAMES, InputError
+from gnn_ooc.graphstore.sources import _first_line, _is_number, _short
+
+_SPLIT_SUFFIXES = (".npy", ".csv.gz", ".csv", ".txt", ".parquet")
+_SPLIT_ALIASES = {"valid": ("valid", "val", "validation"), "train": ("train",), "test": ("test",)}
+
+
+class RowSource(ABC):
+    """Rows of a per-node array; ``num_rows`` may be None until the file has been read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.num_rows: int | None = None
+        self.dim: int | None = None
+
+    def blocks(self, max_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first_row, block)`` pairs in file order; blocks are 1-D or 2-D numpy arrays."""
+        try:
+            yield from self._blocks(max_rows)
+        except InputError:
+            raise
+        except (pa.ArrowException, OSError, ValueError, EOFError, gzip.BadGzipFile) as e:
+            raise InputError(self.path, f"cannot be read ({_short(e)})", expected="a complete, readable file") from e
+
+    @abstractmethod
+    def _blocks(self, max_rows: int) -> Iterator[tuple[int, np.ndarray]]: ...
+
+
+class NpyRows(RowSource):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        try:
+            self._arr = np.load(path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as e:
+            raise InputError(path, f"not a readable .npy ({_short(e)})", expected="a complete .npy file") from e
+        if self._arr.ndim not in (1, 2):
+            raise InputError(path, f"array of shape {self._arr.shape}", expected="shape [N] or [N, D]")
+        self.num_rows = int(self._arr.shape[0])
+        self.dim = int(self._arr.shape[1]) if self._arr.ndim == 2 else None
+
+    def _blocks(self, max_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        assert self.num_rows is not None
+        for start in range(0, self.num_rows, max_rows):
+            yield start, np.asarray(self._arr[start : start + max_rows])
+
+
+class ParquetRows(RowSource):
+    """One list column (``column`` or the only list column), else every numeric column in order."""
+
+    def __init__(self, path: Path, column: str | None = None) -> None:
+        super().__init__(path)
+        import pyarrow.parquet as pq
+
+        try:
+            self._file = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(path, f"not a readable Parquet file ({_short(e)})") from e
+        schema = self._file.schema_arrow
+        self._columns = _pick_columns(path, schema, column)
+        self.num_rows = int(self._file.metadata.num_rows)
+        first = schema.field(self._columns[0]).type
+        if _is_list(first):
+            self.dim = first.list_size if pa.types.is_fixed_size_list(first) else None
+        elif len(self._columns) > 1:
+            self.dim = len(self._columns)
+
+    def _blocks(self, max_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        row = 0
+        for batch in self._file.iter_batches(batch_size=max_rows, columns=self._columns):
+            yield row, self._to_numpy(batch, row)
+            row += batch.num_rows
+
+    def _to_numpy(self, batch: pa.RecordBatch, row: int) -> np.ndarray:
+        cols = [batch.column(i) for i in range(batch.num_columns)]
+        if _is_list(cols[0].type):
+            return _list_to_numpy(self.path, cols[0], row)
+        for i, c in enumerate(cols):
+            if c.null_count and not pa.types.is_floating(c.type):
+                bad = row + int(np.flatnonzero(np.asarray(c.is_null()))[0])
+                raise InputError(self.path, f"null value in column {self._columns[i]!r}", expected="a value in every row", row=bad)
+        arrays = [c.to_numpy(zero_copy_only=False) for c in cols]
+        return arrays[0] if len(arrays) == 1 and self.dim is None else np.stack(arrays, axis=1)
+
+
+class CsvRows(RowSource):
+    """Comma-separated numbers, one row per node (OGB ``node-feat.csv.gz``, ``node-label.csv.gz``)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        first = _first_line(path)
+        fields = [f.strip() for f in first.split(",")] if first else []
+        self.has_header = bool(fields) and not all(_is_number(f) or f.lower() == "nan" for f in fields)
+        width = len(fields)
+        self.dim = width if width > 1 else None
+
+    def _blocks(self, max_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        from pyarrow import csv
+
+        read = csv.ReadOptions(
+            block_size=int(min(256 << 20, max(1 << 20, max_rows * 64))),
+            autogenerate_column_names=not self.has_header,
+        )
+        row = 0
+        with csv.open_csv(str(self.path), read_options=read) as r:
+            for batch in r:
+                if batch.num_rows == 0:
+                    continue
+                arrays = [_csv_column(self.path, batch.column(i), row) for i in range(batch.num_columns)]
+                yield row, arrays[0] if self.dim is None else np.stack(arrays, axis=1)
+                row += batch.num_rows
+        self.num_rows = row
+
+
+def open_rows(path: str | os.PathLike[str], column: str | None = None) -> RowSource:
+    """A row reader chosen by file name."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "does not exist", expected="a file of per-node rows")
+    name = p.name.lower()
+    if name.endswith(".npy"):
+        return NpyRows(p)
+    if name.endswith(".parquet") or name.endswith(".pq"):
+        return ParquetRows(p, column)
+    if name.endswith((".csv", ".csv.gz", ".txt", ".txt.gz")):
+        return CsvRows(p)
+    raise InputError(p, "unknown file type", expected=".npy, .parquet or .csv[.gz]")
+
+
+def find_split_files(split_dir: Path) -> dict[str, Path]:
+    """``{train, valid, test}`` files in a folder (``val``/``validation`` accepted for valid)."""
+    if not split_dir.is_dir():
+        raise InputError(split_dir, "is not a folder", expected="a folder with train/valid/test files")
+    found: dict[str, Path] = {}
+    for name in SPLIT_NAMES:
+        for alias in _SPLIT_ALIASES[name]:
+            for suffix in _SPLIT_SUFFIXES:
+                if (split_dir / f"{alias}{suffix}").is_file() and name not in found:
+                    found[name] = split_dir / f"{alias}{suffix}"
+    if not found:
+        raise InputError(split_dir, "holds no train/valid/test files", expected=f"files like train.npy ({', '.join(_SPLIT_SUFFIXES)})")
+    return found
+
+
+def read_split(path: Path) -> np.ndarray:
+    """All ids of one split file as int64 (a boolean mask becomes the ids where it is true)."""
+    blocks = [b for _, b in open_rows(path).blocks(1 << 22)]
+    arr = np.concatenate(blocks) if blocks else np.empty(0, dtype=np.int64)
+    if arr.ndim != 1:
+        raise InputError(path, f"array of shape {arr.shape}", expected="a 1-D list of node ids")
+    if arr.dtype == np.bool_:
+        return np.flatnonzero(arr).astype(np.int64)
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(path, f"value {arr[i]!r} is not a node id", expected="integer node ids", row=i)
+    elif arr.dtype.kind not in "iu":
+        raise InputError(path, f"values of type {arr.dtype}", expected="integer node ids")
+    return arr.astype(np.int64)
+
+
+def _pick_columns(path: Path, schema: pa.Schema, column: str | None) -> list[str]:
+    if column is not None:
+        if column not in schema.names:
+            raise InputError(path, f"missing column {column!r}", expected=f"one of {schema.names}")
+        return [column]
+    lists = [f.name for f in schema if _is_list(f.type)]
+    if len(lists) == 1:
+        return lists
+    numeric = [f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+    if len(lists) > 1 or not numeric:
+        raise InputError(path, f"columns {schema.names}", expected="one list column or numeric columns (pick with --feature-col)")
+    return numeric
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
+
+
+def _list_to_numpy(path: Path, col: Any, row: int) -> np.ndarray:
+    if col.null_count:
+        bad = row + int(np.flatnonzero(np.asarray(col.is_null()))[0])
+        raise InputError(path, "null feature row", expected="a feature vector in every row", row=bad)
+    if pa.types.is_fixed_size_list(col.type):
+        width = col.type.list_size
+    else:
+        lengths = np.asarray(col.value_lengths())
+        width = int(lengths[0]) if lengths.size else 0
+        if lengths.size and (lengths != width).any():
+            i = int(np.argmax(lengths != width))
+            raise InputError(path, f"feature row has {int(lengths[i])} values", expected=f"{width} like the first row", row=row + i)
+    values = col.flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(len(col), width)
+
+
+def _csv_column(path: Path, col: Any, row: int) -> np.ndarray:
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_null(col.type)):
+        raise InputError(path, f"non-numeric values ({col.type})", expected="numbers", row=row)
+    if col.null_count and pa.types.is_integer(col.type):
+        col = col.cast(pa.float64())
+    return np.asarray(col.to_numpy(zero_copy_only=False))

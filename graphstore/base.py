@@ -1,0 +1,199 @@
+"""Contracts of the on-disk dataset: format constants, errors, the manifest and the preprocess spec.
+
+The dataset is a folder::
+
+    DATASET/manifest.json          format name and version, counts, dtypes, shapes, files, fingerprint
+    DATASET/indptr.npy             int64 [N+1]   CSC: in-edges of node v are indices[indptr[v]:indptr[v+1]]
+    DATASET/indices.npy            int32 [E] (int64 when N >= 2**31), sorted within each node
+    DATASET/features.npy           float32 | float16 | bfloat16 (stored as uint16 bits) [N, D]
+    DATASET/labels.npy             int64 [N], -1 where unknown                      (optional)
+    DATASET/split/<name>.npy       int64 node ids, sorted                           (optional)
+    DATASET/node_ids.npy|.parquet  original id of each node when ids were remapped (optional)
+
+Every ``.npy`` has its data on a 4 KiB boundary so O_DIRECT readers can read rows in place.
+
+Example:
+    >>> m = Manifest.from_json(Manifest(num_nodes=3, num_edges=2).to_json())
+    >>> m.num_nodes
+    3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+FORMAT_NAME = "gnn-ooc-dataset"
+FORMAT_VERSION = 1
+DATA_ALIGNMENT = 4096
+MANIFEST_NAME = "manifest.json"
+CHECKSUM_ALGORITHM = "crc32"
+FEATURE_DTYPES = ("float32", "float16", "bfloat16")
+SPLIT_NAMES = ("train", "valid", "test")
+NAN_POLICIES = ("error", "zero")
+
+
+class GnnOocError(Exception):
+    """Base class of every error gnn-ooc raises on purpose."""
+
+
+class InputError(GnnOocError, ValueError):
+    """A raw input is unusable; the message names the file, the row or id, and what was expected.
+
+    Example:
+        >>> str(InputError("edges.csv", "src id -3 is negative", expected="ids >= 0", row=17))
+        'edges.csv: row 17: src id -3 is negative (expected ids >= 0)'
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None,
+        problem: str,
+        *,
+        expected: str | None = None,
+        row: int | None = None,
+    ) -> None:
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        self.expected = expected
+        self.row = row
+        parts = [p for p in (self.path, None if row is None else f"row {row}", problem) if p]
+        text = ": ".join(parts)
+        super().__init__(text if expected is None else f"{text} (expected {expected})")
+
+
+class DatasetError(GnnOocError):
+    """A dataset folder is missing, of an unsupported version, or corrupt."""
+
+
+class ChecksumError(DatasetError):
+    """A dataset file's size or checksum differs from its manifest entry."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{self.path}: {problem}")
+
+
+class MemoryBudgetError(GnnOocError):
+    """The work cannot be done within the memory budget it was given."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a dataset, relative to the dataset folder."""
+
+    name: str
+    size: int
+    checksum: str
+    dtype: str | None = None
+    shape: tuple[int, ...] | None = None
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> FileEntry:
+        shape = d.get("shape")
+        return FileEntry(
+            name=str(d["name"]),
+            size=int(d["size"]),
+            checksum=str(d["checksum"]),
+            dtype=d.get("dtype"),
+            shape=None if shape is None else tuple(int(s) for s in shape),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The versioned description of a dataset folder (``manifest.json``)."""
+
+    num_nodes: int
+    num_edges: int
+    format: str = FORMAT_NAME
+    version: int = FORMAT_VERSION
+    feature_dim: int | None = None
+    feature_dtype: str | None = None
+    num_classes: int | None = None
+    index_dtype: str = "int32"
+    id_map: str | None = None
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    checksum_algorithm: str = CHECKSUM_ALGORITHM
+    fingerprint: str = ""
+    inputs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    created_by: str = ""
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["files"] = {k: dataclasses.asdict(v) for k, v in self.files.items()}
+        return json.dumps(d, indent=2, sort_keys=True) + "\n"
+
+    @staticmethod
+    def from_json(text: str, *, path: str | os.PathLike[str] = MANIFEST_NAME) -> Manifest:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
+            raise DatasetError(f"{path}: not a {FORMAT_NAME} manifest")
+        if d.get("version") != FORMAT_VERSION:
+            raise DatasetError(
+                f"{path}: format version {d.get('version')} is not supported "
+                f"(this gnn-ooc reads version {FORMAT_VERSION}); re-run gnn-ooc preprocess"
+            )
+        names = {f.name for f in dataclasses.fields(Manifest)}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        kwargs["files"] = {k: FileEntry.from_dict(v) for k, v in d.get("files", {}).items()}
+        return Manifest(**kwargs)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Everything ``gnn-ooc preprocess`` needs; the defaults here are the only defaults.
+
+    Example:
+        >>> spec = PreprocessSpec(output=Path("out"), edges=(Path("edges.parquet"),))
+        >>> spec.memory_budget > 0
+        True
+    """
+
+    output: Path
+    edges: tuple[Path, ...]
+    src_col: str = "src"
+    dst_col: str = "dst"
+    features: Path | None = None
+    feature_col: str | None = None
+    labels: Path | None = None
+    split_dir: Path | None = None
+    split: tuple[float, float, float] | None = None
+    split_seed: int = 0
+    undirected: bool = False
+    drop_self_loops: bool = False
+    dedup: bool = False
+    remap: bool = False
+    feature_dtype: str = "float32"
+    num_nodes: int | None = None
+    nan_policy: str = "error"
+    memory_budget: int = 1 << 30
+    tmp_dir: Path | None = None
+    force: bool = False
+    threads: int | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The settings that shape the output (part of the fingerprint)."""
+        keys = (
+            "src_col dst_col feature_col split split_seed undirected drop_self_loops dedup "
+            "remap feature_dtype num_nodes nan_policy"
+        ).split()
+        return {k: getattr(self, k) for k in keys}
+
+    def input_paths(self) -> dict[str, list[Path]]:
+        """Input files by role, for fingerprints and error messages."""
+        out: dict[str, list[Path]] = {"edges": list(self.edges)}
+        for role in ("features", "labels", "split_dir"):
+            p = getattr(self, role)
+            if p is not None:
+                out[role] = [p]
+        return out

@@ -1,0 +1,202 @@
+"""Streaming writer of ``.npy`` files whose data starts on a 4 KiB boundary, with a running checksum.
+
+``numpy.load`` accepts any header length that ends in a newline, so padding the header to
+4096 bytes keeps the file a plain ``.npy`` while O_DIRECT readers can address rows in place.
+The shape may be unknown while writing (the edge count after dedup): the header is rewritten
+at ``close`` and the whole-file CRC-32 is combined from the header's and the data's CRCs, so
+nothing is read back.
+
+Example:
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.npy")
+    >>> with NpyWriter(path, np.int64, (None,)) as w:
+    ...     w.write(np.arange(5))
+    >>> np.load(path).tolist(), w.entry.size
+    ([0, 1, 2, 3, 4], 4136)
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+from types import TracebackType
+from typing import Sequence
+
+import numpy as np
+
+from gnn_ooc.graphstore.base import CHECKSUM_ALGORITHM, DATA_ALIGNMENT, FileEntry
+
+_MAGIC = b"\x93NUMPY\x01\x00"
+_COPY_BLOCK = 8 << 20
+
+
+def npy_header(dtype: np.dtype, shape: Sequence[int]) -> bytes:
+    """A version-1.0 ``.npy`` header padded to exactly ``DATA_ALIGNMENT`` bytes."""
+    descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
+    dims = ", ".join(str(int(s)) for s in shape) + ("," if len(shape) == 1 else "")
+    text = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': ({dims}), }}"
+    pad = DATA_ALIGNMENT - len(_MAGIC) - 2 - len(text) - 1
+    if pad < 0:
+        raise ValueError(f"npy header for shape {tuple(shape)} does not fit in {DATA_ALIGNMENT} B")
+    body = (text + " " * pad + "\n").encode("latin1")
+    return _MAGIC + len(body).to_bytes(2, "little") + body
+
+
+def _gf2_times(mat: list[int], vec: int) -> int:
+    total, i = 0, 0
+    while vec:
+        if vec & 1:
+            total ^= mat[i]
+        vec >>= 1
+        i += 1
+    return total
+
+
+def _gf2_square(mat: list[int]) -> list[int]:
+    return [_gf2_times(mat, mat[n]) for n in range(32)]
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of ``a + b`` from ``crc32(a)``, ``crc32(b)`` and ``len(b)`` (zlib's algorithm)."""
+    if len2 <= 0:
+        return crc1
+    odd = [0xEDB88320] + [1 << (n - 1) for n in range(1, 32)]
+    even = _gf2_square(odd)
+    odd = _gf2_square(even)
+    while True:
+        even = _gf2_square(odd)
+        if len2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = _gf2_square(even)
+        if len2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return crc1 ^ crc2
+
+
+def format_checksum(crc: int) -> str:
+    return f"{CHECKSUM_ALGORITHM}:{crc & 0xFFFFFFFF:08x}"
+
+
+def file_checksum(path: str | os.PathLike[str]) -> str:
+    """The checksum of a whole file, read sequentially in large blocks."""
+    crc = 0
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(_COPY_BLOCK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            crc = zlib.crc32(view[:n], crc)
+    return format_checksum(crc)
+
+
+def write_bytes_entry(path: Path, root: Path, data: bytes) -> FileEntry:
+    """Write a small non-array file and describe it."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return FileEntry(str(path.relative_to(root)), len(data), format_checksum(zlib.crc32(data)))
+
+
+class NpyWriter:
+    """Append rows to an aligned ``.npy``; ``None`` as the leading dimension means "count them".
+
+    The file is fsynced on close; ``entry`` then describes it for the manifest.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        dtype: np.dtype | type | str,
+        shape: Sequence[int | None],
+        *,
+        root: str | os.PathLike[str] | None = None,
+        logical_dtype: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.row_shape = tuple(int(s) for s in shape[1:] if s is not None)
+        self.expected_rows = shape[0]
+        self.rows = 0
+        self._crc = 0
+        self._root = Path(root) if root is not None else self.path.parent
+        self._logical_dtype = logical_dtype or str(self.dtype)
+        self._file = open(self.path, "wb", buffering=0)
+        self._file.write(b"\0" * DATA_ALIGNMENT)
+        self.entry: FileEntry | None = None
+
+    def write(self, rows: np.ndarray) -> None:
+        if rows.dtype != self.dtype or tuple(rows.shape[1:]) != self.row_shape:
+            raise TypeError(
+                f"{self.path}: got rows {rows.dtype}{tuple(rows.shape)}, "
+                f"expected {self.dtype} with row shape {self.row_shape}"
+            )
+        data = memoryview(np.ascontiguousarray(rows)).cast("B")
+        self._crc = zlib.crc32(data, self._crc)
+        _write_all(self._file, data)
+        self.rows += rows.shape[0]
+
+    def close(self) -> FileEntry:
+        if self.entry is not None:
+            return self.entry
+        if self.expected_rows is not None and self.rows != self.expected_rows:
+            self._file.close()
+            raise ValueError(f"{self.path}: wrote {self.rows} rows, expected {self.expected_rows}")
+        shape = (self.rows, *self.row_shape)
+        header = npy_header(self.dtype, shape)
+        data_len = self.rows * self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+        self._file.seek(0)
+        _write_all(self._file, memoryview(header))
+        os.fsync(self._file.fileno())
+        self._file.close()
+        crc = crc32_combine(zlib.crc32(header), self._crc, data_len)
+        self.entry = FileEntry(
+            name=str(self.path.relative_to(self._root)),
+            size=len(header) + data_len,
+            checksum=format_checksum(crc),
+            dtype=self._logical_dtype,
+            shape=shape,
+        )
+        return self.entry
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> NpyWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _write_all(f: object, data: memoryview) -> None:
+    # Unbuffered raw files may write less than asked; loop until all bytes are down.
+    write = f.write  # type: ignore[attr-defined]
+    while len(data):
+        n = write(data)
+        data = data[n:]
+
+
+def write_array(
+    path: Path, array: np.ndarray, *, root: Path, logical_dtype: str | None = None
+) -> FileEntry:
+    """Write a whole in-memory array as an aligned ``.npy``."""
+    with NpyWriter(path, array.dtype, array.shape, root=root, logical_dtype=logical_dtype) as w:
+        w.write(array)
+    assert w.entry is not None
+    return w.entry

@@ -1,0 +1,1 @@
+"""gnn_ooc.sampler: see DESIGN.md; filled in by later issues."""

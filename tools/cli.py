@@ -1,0 +1,220 @@
+"""The ``gnn-ooc`` command line: flags are parsed once into typed specs, then plain calls.
+
+Example:
+    $ gnn-ooc synth raw --nodes 100000 --avg-degree 10
+    $ gnn-ooc preprocess raw -o data --undirected --memory-budget 2G
+    $ gnn-ooc info data
+    $ gnn-ooc verify data
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from gnn_ooc.graphstore.base import GnnOocError, PreprocessSpec
+from gnn_ooc.tools.units import format_size, parse_size
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except GnnOocError as e:
+        print(f"gnn-ooc {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileExistsError) as e:
+        print(f"gnn-ooc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gnn-ooc", description="Out-of-core GNN training.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_preprocess(sub)
+    _add_info(sub)
+    _add_verify(sub)
+    _add_synth(sub)
+    return parser
+
+
+def _say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- preprocess ------------------------------------------------------------------------------------
+def _add_preprocess(sub: Any) -> None:
+    p = sub.add_parser("preprocess", help="raw graph -> on-disk dataset (out of core)",
+                       description="Turn a raw graph into the on-disk dataset. Flags override what RAW_DIR provides.")
+    p.add_argument("raw_dir", nargs="?", type=Path, help="folder in the raw layout (edges.parquet, node_features.npy, ...)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="dataset folder to write")
+    p.add_argument("--ogb", type=Path, help="an OGB node-property folder (raw/edge.csv.gz, ...)")
+    p.add_argument("--ogb-split", help="which split/<name> of an OGB folder (default: the only/first one)")
+    p.add_argument("--edges", nargs="+", type=Path, help="Parquet files or folders, CSV/TSV[.gz], or a (2, E) .npy")
+    p.add_argument("--src-col", help="source id column (default src; a number for headerless CSV)")
+    p.add_argument("--dst-col", help="destination id column (default dst)")
+    p.add_argument("--features", type=Path, help=".npy of any float dtype, Parquet or CSV")
+    p.add_argument("--feature-col", help="Parquet list column holding the features")
+    p.add_argument("--labels", type=Path, help=".npy, Parquet or CSV of one integer label per node (-1/NaN unknown)")
+    p.add_argument("--split-dir", type=Path, help="folder with train/valid/test id files")
+    p.add_argument("--split", help="random split fractions, e.g. 0.8,0.1,0.1 (of labelled nodes)")
+    p.add_argument("--split-seed", type=int, help="seed of --split (default 0)")
+    p.add_argument("--undirected", action="store_true", default=None, help="add every edge's reverse")
+    p.add_argument("--drop-self-loops", action="store_true", default=None)
+    p.add_argument("--dedup", action="store_true", default=None, help="remove duplicate edges")
+    p.add_argument("--remap", action="store_true", default=None, help="map sparse or string ids to 0..N-1 (writes the map)")
+    p.add_argument("--feature-dtype", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--num-nodes", type=int)
+    p.add_argument("--nan-policy", choices=["error", "zero"], help="what to do with NaN/inf features (default error)")
+    p.add_argument("--memory-budget", type=parse_size, help="peak memory for the build, e.g. 512M, 8G (default 1G)")
+    p.add_argument("--tmp-dir", type=Path, help="scratch folder for bucket files (default: inside the output's temp folder)")
+    p.add_argument("--threads", type=int, help="numba threads (default: all cores)")
+    p.add_argument("--force", action="store_true", default=None, help="rebuild even if the inputs are unchanged")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=_run_preprocess)
+
+
+def spec_from_args(args: argparse.Namespace) -> PreprocessSpec:
+    """Layout-found inputs first, explicit flags over them; unset flags keep the spec's defaults."""
+    from gnn_ooc.graphstore.layouts import ogb_layout, raw_layout
+
+    found: dict[str, Any] = {}
+    if args.raw_dir is not None and args.ogb is not None:
+        raise ValueError("give RAW_DIR or --ogb, not both")
+    if args.raw_dir is not None:
+        found = raw_layout(args.raw_dir)
+    elif args.ogb is not None:
+        found = ogb_layout(args.ogb, args.ogb_split)
+    values: dict[str, Any] = {k: v for k, v in found.items() if v is not None}
+    names = {f.name for f in dataclasses.fields(PreprocessSpec)}
+    for key in names:
+        value = getattr(args, key, None)
+        if value is not None:
+            values[key] = value
+    if "edges" not in values:
+        raise ValueError("no edges: give RAW_DIR, --ogb or --edges")
+    values["edges"] = tuple(values["edges"])
+    if isinstance(values.get("split"), str):
+        values["split"] = _fractions(values["split"])
+    return PreprocessSpec(**values)
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    parts = [float(x) for x in text.split(",")]
+    if len(parts) != 3:
+        raise ValueError(f"--split {text!r}: expected three fractions like 0.8,0.1,0.1")
+    return (parts[0], parts[1], parts[2])
+
+
+def _run_preprocess(args: argparse.Namespace) -> int:
+    from gnn_ooc.graphstore.preprocess import preprocess
+
+    spec = spec_from_args(args)
+    result = preprocess(spec, progress=_say)
+    m = result.manifest
+    summary = {
+        "dataset": str(result.path), "skipped": result.skipped, "seconds": round(result.seconds, 3),
+        "nodes": m.num_nodes, "edges": m.num_edges, "feature_dim": m.feature_dim, "classes": m.num_classes,
+        "phases": result.phases,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not result.skipped:
+        print(f"{result.path}: {m.num_nodes} nodes, {m.num_edges} edges in {result.seconds:.2f} s")
+    return 0
+
+
+# --- info / verify -------------------------------------------------------------------------------
+def _add_info(sub: Any) -> None:
+    p = sub.add_parser("info", help="counts, dtypes, sizes and degree statistics of a dataset")
+    p.add_argument("dataset", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_run_info)
+
+
+def dataset_info(path: Path) -> dict[str, Any]:
+    from gnn_ooc.graphstore.dataset import Dataset
+
+    ds = Dataset.open(path)
+    m = ds.manifest
+    return {
+        "path": str(path), "format_version": m.version, "nodes": m.num_nodes, "edges": m.num_edges,
+        "index_dtype": m.index_dtype, "feature_dim": m.feature_dim, "feature_dtype": m.feature_dtype,
+        "classes": m.num_classes, "splits": {k: int(v.shape[0]) for k, v in ds.splits.items()},
+        "remapped": m.id_map is not None, "degree": dataclasses.asdict(ds.degree_stats()),
+        "files": {k: {"size": e.size, "dtype": e.dtype, "shape": e.shape} for k, e in m.files.items()},
+        "total_bytes": sum(e.size for e in m.files.values()), "created_by": m.created_by,
+    }
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    info = dataset_info(args.dataset)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    d = info["degree"]
+    print(f"dataset     {info['path']}  (format v{info['format_version']}, {info['created_by']})")
+    print(f"nodes       {info['nodes']:,}")
+    print(f"edges       {info['edges']:,}  (indices {info['index_dtype']})")
+    print(f"in-degree   min {d['min']}  median {d['median']:g}  mean {d['mean']:.2f}  p99 {d['p99']:g}  max {d['max']}  isolated {d['isolated']:,}")
+    if info["feature_dim"] is not None:
+        print(f"features    {info['feature_dim']} x {info['feature_dtype']}")
+    if info["classes"] is not None:
+        print(f"classes     {info['classes']}")
+    if info["splits"]:
+        print("splits      " + ", ".join(f"{k} {v:,}" for k, v in info["splits"].items()))
+    print(f"ids         {'remapped (original ids kept)' if info['remapped'] else 'as given'}")
+    print(f"size        {format_size(info['total_bytes'])}")
+    for name, f in info["files"].items():
+        print(f"  {name:<14} {format_size(f['size']):>10}  {f['dtype']} {tuple(f['shape']) if f['shape'] else ''}")
+    return 0
+
+
+def _add_verify(sub: Any) -> None:
+    p = sub.add_parser("verify", help="recompute every file's checksum; non-zero exit names the corrupt file")
+    p.add_argument("dataset", type=Path)
+    p.set_defaults(handler=_run_verify)
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from gnn_ooc.graphstore.dataset import Dataset
+
+    ds = Dataset.open(args.dataset)
+    checked = ds.verify()
+    print(f"{args.dataset}: OK ({len(checked)} files, checksums match)")
+    return 0
+
+
+# --- synth -----------------------------------------------------------------------------------------
+def _add_synth(sub: Any) -> None:
+    p = sub.add_parser("synth", help="write a synthetic raw graph (power law, planted communities)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--nodes", type=int)
+    p.add_argument("--avg-degree", type=float)
+    p.add_argument("--feature-dim", type=int)
+    p.add_argument("--classes", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--homophily", type=float)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(handler=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from gnn_ooc.tools.synth import SynthConfig, synth
+
+    names = {f.name for f in dataclasses.fields(SynthConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    summary = synth(args.out, SynthConfig(**values), progress=_say, overwrite=args.overwrite)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

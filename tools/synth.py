@@ -1,0 +1,630 @@
+"""Synthetic graphs in the raw layout ``gnn-ooc preprocess`` reads, from thousands to billions of edges.
+
+The model is a Chung-Lu graph with planted communities:
+
+* node *rank* ``r`` in ``[0, N)`` has weight ``~ (r + 1) ** -alpha`` with
+  ``alpha = 1 / (power_law_exponent - 1)``, so degrees follow a power law with that exponent;
+* rank ``r`` belongs to community ``r % classes``; the label of a node is its community;
+* an edge draws its source rank by weight; with probability ``homophily`` its destination is
+  drawn by weight from the source's community, otherwise by weight from all nodes (which may
+  land in the source's community too, so the measured edge homophily is a little higher);
+* ranks become node ids through the bijection ``id = (a * rank + b) mod N`` so that the hubs
+  are spread over the id space instead of sitting at the low ids;
+* a node's features are its class centroid (a random vector of norm about 1) plus
+  ``N(0, noise**2)`` per entry: on its own a node is hard to classify, the mean over its
+  neighbourhood is easy, so a GNN clearly beats an MLP.
+
+Every random number is a splitmix64 hash of ``(seed, stream, counter)`` where the counter is the
+global edge or node index. Each chunk is therefore computed independently (in parallel with
+numba, in bounded memory) and the files hold the same values whatever the thread count or the
+chunk size; edges go to Parquet one row group per chunk, the ``.npy`` files are streamed.
+
+Output folder (written to a hidden sibling and renamed into place when complete)::
+
+    edges.parquet         int64 src, dst; one row per directed edge (self loops and duplicates kept)
+    node_features.npy     float32 [N, feature_dim]
+    node_labels.npy       int64 [N], the planted community 0..classes-1
+    split/train.npy       int64 node ids, ascending (likewise valid.npy, test.npy; disjoint)
+    synth.json            the parameters and counts, as returned by ``synth``
+
+Example:
+    >>> import tempfile, os
+    >>> out = os.path.join(tempfile.mkdtemp(), "g")
+    >>> summary = synth(out, SynthConfig(nodes=1000, avg_degree=5, feature_dim=8, classes=4))
+    >>> summary["counts"]["edges"], sorted(os.listdir(out))
+    (5000, ['edges.parquet', 'node_features.npy', 'node_labels.npy', 'split', 'synth.json'])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numba
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from numba import prange
+
+__all__ = ["SynthConfig", "synth", "MAX_NODES", "EDGE_COMPRESSION"]
+
+FORMAT_VERSION = 1
+
+#: ``_mulmod`` is exact while products fit a double's 53-bit mantissa with room to spare.
+MAX_NODES = 1 << 50
+
+#: Parquet codec of ``edges.parquet``. Random int64 ids hardly compress (about 70 % with
+#: snappy), and uncompressed pages both write and read fastest, so none is used.
+EDGE_COMPRESSION = "none"
+
+_SPLIT_NAMES = ("train", "valid", "test")
+_PARQUET_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
+_MASK64 = (1 << 64) - 1
+_INV_GOLDEN = 0.6180339887498949
+
+# Independent random streams: each gets its own 64-bit key derived from the seed.
+_STREAM_SRC = 1
+_STREAM_COIN = 2
+_STREAM_DST = 3
+_STREAM_CENTROID = 4
+_STREAM_NOISE = 5
+_STREAM_SPLIT = 6
+_STREAM_SCRAMBLE = 7
+
+Progress = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Parameters of a synthetic graph; invalid values raise ``ValueError`` on construction.
+
+    Attributes:
+        nodes: number of nodes ``N`` (``classes <= N <= 2**50``).
+        avg_degree: edge rows per node; the graph has ``round(N * avg_degree)`` directed edges.
+        feature_dim: feature columns ``F``.
+        classes: planted communities, which are also the labels.
+        seed: any integer in ``[0, 2**64)``; equal configs give byte-identical folders.
+        homophily: probability that an edge's destination is drawn from the source's community.
+        power_law_exponent: exponent ``gamma > 1`` of the degree distribution
+            ``P(deg = k) ~ k**-gamma`` (real graphs: about 2 to 3; larger is less skewed).
+        noise: standard deviation of the Gaussian noise per feature entry, relative to class
+            centroids of norm about 1. The default leaves about 60 % of the nodes classifiable
+            from their own features and over 85 % from the mean over their neighbourhood.
+        split: train/valid/test fractions of all nodes (each node lands in at most one; the
+            sum may be below 1 to leave nodes out).
+        chunk_edges: edges generated and written per Parquet row group; memory use is a small
+            multiple of ``16 * chunk_edges`` bytes whatever the graph size.
+
+    Example:
+        >>> SynthConfig(nodes=5000, classes=5).feature_dim
+        64
+        >>> SynthConfig(homophily=1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: homophily must be in [0, 1], got 1.5
+    """
+
+    nodes: int = 100_000
+    avg_degree: float = 10.0
+    feature_dim: int = 64
+    classes: int = 8
+    seed: int = 0
+    homophily: float = 0.8
+    power_law_exponent: float = 2.1
+    noise: float = 0.6
+    split: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    chunk_edges: int = 4_000_000
+
+    def __post_init__(self) -> None:
+        _check_int("nodes", self.nodes, 1, MAX_NODES)
+        _check_int("classes", self.classes, 1, self.nodes)
+        _check_int("feature_dim", self.feature_dim, 1, 1 << 20)
+        _check_int("seed", self.seed, 0, _MASK64)
+        _check_int("chunk_edges", self.chunk_edges, 1, 1 << 31)
+        _check_float("avg_degree", self.avg_degree, 0.0, math.inf)
+        _check_float("homophily", self.homophily, 0.0, 1.0)
+        _check_float("noise", self.noise, 0.0, math.inf)
+        _check_float("power_law_exponent", self.power_law_exponent, 1.0, math.inf)
+        if not self.power_law_exponent > 1.0:
+            raise ValueError(f"power_law_exponent must be > 1, got {self.power_law_exponent}")
+        self._check_split()
+        if self.edges > 1 << 62:
+            raise ValueError(f"nodes * avg_degree = {self.edges} edges is too many")
+
+    def _check_split(self) -> None:
+        if not isinstance(self.split, (tuple, list)) or len(self.split) != 3:
+            raise ValueError(f"split must be 3 fractions (train, valid, test), got {self.split!r}")
+        for name, value in zip(_SPLIT_NAMES, self.split):
+            _check_float(f"split {name} fraction", value, 0.0, 1.0)
+        if sum(self.split) > 1.0 + 1e-9:
+            raise ValueError(f"split fractions must sum to at most 1, got {sum(self.split)}")
+
+    @property
+    def edges(self) -> int:
+        """Number of directed edge rows, ``round(nodes * avg_degree)``."""
+        return int(round(self.nodes * self.avg_degree))
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+    # bool is an int subclass but never a meaningful count.
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not lo <= int(value) <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+
+
+def _check_float(name: str, value: object, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or not lo <= v <= hi:
+        bounds = f"[{lo:g}, {hi:g}]" if math.isfinite(hi) else f">= {lo:g} and finite"
+        raise ValueError(f"{name} must be {'in ' if math.isfinite(hi) else ''}{bounds}, got {value}")
+
+
+# ---------------------------------------------------------------------------------------------
+# counter-based random numbers (splitmix64)
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_U53 = 1.0 / 9007199254740992.0
+_U32 = 1.0 / 4294967296.0
+_TWO_PI = 2.0 * math.pi
+
+
+def _stream_key(seed: int, stream: int) -> np.uint64:
+    """A 64-bit key per (seed, stream); plain Python so that it runs once, outside numba."""
+    z = (seed + stream * 0x9E3779B97F4A7C15) & _MASK64
+    for _ in range(2):  # two rounds so that neighbouring seeds give unrelated keys
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        z = z ^ (z >> 31)
+    return np.uint64(z)
+
+
+@numba.njit(cache=True, nogil=True)
+def _hash(key: np.uint64, counter: np.uint64) -> np.uint64:
+    z = key + counter * _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(cache=True, nogil=True)
+def _unit(h: np.uint64) -> float:
+    """Uniform in [0, 1) from the top 53 bits."""
+    return np.float64(h >> np.uint64(11)) * _U53
+
+
+# ---------------------------------------------------------------------------------------------
+# power-law ranks and the id bijection
+
+
+@dataclass(frozen=True)
+class _PowerLaw:
+    """Inverse-CDF sampling of ranks ``[0, m)`` with weight ``(r + 1) ** -alpha``.
+
+    The continuous density ``x ** -alpha`` on ``[1, m + 1)`` is floored, which puts on each rank
+    the integral of its unit interval; ``scale`` is that density's normaliser for each ``m``.
+    """
+
+    log_mode: bool  # alpha == 1: the CDF is logarithmic
+    inv_beta: float  # 1 / (1 - alpha)
+    beta: float
+
+    @classmethod
+    def from_exponent(cls, gamma: float) -> _PowerLaw:
+        beta = 1.0 - 1.0 / (gamma - 1.0)
+        log_mode = abs(beta) < 1e-9
+        return cls(log_mode, 0.0 if log_mode else 1.0 / beta, beta)
+
+    def scale(self, m: np.ndarray) -> np.ndarray:
+        mp1 = m.astype(np.float64) + 1.0
+        return np.log(mp1) if self.log_mode else mp1**self.beta - 1.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _rank(u: float, m: np.int64, scale: float, inv_beta: float, log_mode: bool) -> np.int64:
+    if log_mode:
+        x = math.exp(u * scale)
+    else:
+        x = (1.0 + u * scale) ** inv_beta
+    # x >= m also catches inf and nan from rounding at the far ends
+    if not x < m:
+        return m - 1
+    r = np.int64(x) - 1
+    return r if r > 0 else np.int64(0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _mulmod(a: np.int64, x: np.int64, n: np.int64) -> np.int64:
+    """``a * x mod n`` for ``0 <= a, x < n <= 2**50`` without 128-bit integers.
+
+    The quotient from doubles is off by at most one or two; both int64 products wrap the same
+    way, so their difference is the exact (small) remainder, fixed up by adding or taking n.
+    """
+    q = np.int64(np.float64(a) * np.float64(x) / np.float64(n))
+    r = a * x - q * n
+    while r < 0:
+        r += n
+    while r >= n:
+        r -= n
+    return r
+
+
+@dataclass(frozen=True)
+class _Scramble:
+    """The bijection ``id = (mult * rank + offset) mod n`` and its inverse."""
+
+    mult: int
+    offset: int
+    inv_mult: int
+
+    @classmethod
+    def make(cls, n: int, seed: int) -> _Scramble:
+        # a multiplier near n / golden ratio sends consecutive ranks far apart
+        mult = max(1, int(round(n * _INV_GOLDEN)))
+        while math.gcd(mult, n) != 1:
+            mult += 1
+        mult %= n
+        offset = int(_stream_key(seed, _STREAM_SCRAMBLE)) % n
+        inv = pow(mult, -1, n) if n > 1 else 0
+        return cls(mult, offset, inv)
+
+
+@numba.njit(cache=True, nogil=True)
+def _to_id(rank: np.int64, mult: np.int64, offset: np.int64, n: np.int64) -> np.int64:
+    v = _mulmod(mult, rank, n) + offset
+    return v - n if v >= n else v
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _edge_kernel(
+    first: np.int64,
+    src: np.ndarray,
+    dst: np.ndarray,
+    n: np.int64,
+    classes: np.int64,
+    scale_all: float,
+    comm_size: np.ndarray,
+    comm_scale: np.ndarray,
+    inv_beta: float,
+    log_mode: bool,
+    homophily: float,
+    keys: np.ndarray,
+    mult: np.int64,
+    offset: np.int64,
+) -> tuple[int, int]:
+    """Fill ``src``/``dst`` with edges ``first ..``; returns (intra-community, self-loop) counts."""
+    intra = 0
+    loops = 0
+    for i in prange(src.shape[0]):
+        e = np.uint64(first + i)
+        rs = _rank(_unit(_hash(keys[0], e)), n, scale_all, inv_beta, log_mode)
+        c = rs % classes
+        u = _unit(_hash(keys[2], e))
+        if _unit(_hash(keys[1], e)) < homophily:
+            local = _rank(u, comm_size[c], comm_scale[c], inv_beta, log_mode)
+            rd = local * classes + c
+        else:
+            rd = _rank(u, n, scale_all, inv_beta, log_mode)
+        if rd % classes == c:
+            intra += 1
+        s = _to_id(rs, mult, offset, n)
+        d = _to_id(rd, mult, offset, n)
+        if s == d:
+            loops += 1
+        src[i] = s
+        dst[i] = d
+    return intra, loops
+
+
+@numba.njit(cache=True, nogil=True)
+def _normal_pair(key: np.uint64, counter: np.uint64) -> tuple[float, float]:
+    # Box-Muller from one hash: 32 bits each is plenty for features (tails cut at 6.7 sigma).
+    h = _hash(key, counter)
+    u1 = (np.float64(h >> np.uint64(32)) + 1.0) * _U32
+    u2 = np.float64(h & np.uint64(0xFFFFFFFF)) * _U32
+    r = math.sqrt(-2.0 * math.log(u1))
+    return r * math.cos(_TWO_PI * u2), r * math.sin(_TWO_PI * u2)
+
+
+@numba.njit(cache=True, nogil=True)
+def _gaussian_row(out: np.ndarray, key: np.uint64, row: np.uint64, scale: float) -> None:
+    f = out.shape[0]
+    pairs = (f + 1) // 2
+    base = row * np.uint64(pairs)
+    for k in range(pairs):
+        a, b = _normal_pair(key, base + np.uint64(k))
+        out[2 * k] = a * scale
+        if 2 * k + 1 < f:
+            out[2 * k + 1] = b * scale
+
+
+@numba.njit(cache=True, nogil=True)
+def _centroids(classes: np.int64, dim: np.int64, key: np.uint64) -> np.ndarray:
+    out = np.empty((classes, dim), dtype=np.float64)
+    # entries N(0, 1/F) give every centroid norm ~1, so `noise` means the same for any F
+    scale = 1.0 / math.sqrt(dim)
+    for c in range(classes):
+        _gaussian_row(out[c], key, np.uint64(c), scale)
+    return out
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _node_kernel(
+    first: np.int64,
+    labels: np.ndarray,
+    feats: np.ndarray,
+    n: np.int64,
+    classes: np.int64,
+    inv_mult: np.int64,
+    offset: np.int64,
+    centroids: np.ndarray,
+    noise: float,
+    key: np.uint64,
+) -> None:
+    """Labels and features of nodes ``first .. first + len(labels)``."""
+    f = feats.shape[1]
+    pairs = (f + 1) // 2
+    for i in prange(labels.shape[0]):
+        v = first + i
+        shifted = v - offset
+        if shifted < 0:
+            shifted += n
+        c = _mulmod(inv_mult, shifted, n) % classes
+        labels[i] = c
+        base = np.uint64(v) * np.uint64(pairs)
+        for k in range(pairs):
+            a, b = _normal_pair(key, base + np.uint64(k))
+            feats[i, 2 * k] = centroids[c, 2 * k] + noise * a
+            if 2 * k + 1 < f:
+                feats[i, 2 * k + 1] = centroids[c, 2 * k + 1] + noise * b
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _split_kernel(first: np.int64, out: np.ndarray, key: np.uint64, cuts: np.ndarray) -> None:
+    """Split of nodes ``first ..``: 0 train, 1 valid, 2 test, 3 none (u < cut[k] picks k)."""
+    for i in prange(out.shape[0]):
+        u = _unit(_hash(key, np.uint64(first + i)))
+        k = 0
+        while k < 3 and not u < cuts[k]:
+            k += 1
+        out[i] = k
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _split_counts(n: np.int64, key: np.uint64, cuts: np.ndarray) -> np.ndarray:
+    """Sizes of the three splits without storing anything per node (the .npy headers need them)."""
+    a = 0
+    b = 0
+    c = 0
+    for v in prange(n):
+        u = _unit(_hash(key, np.uint64(v)))
+        if u < cuts[0]:
+            a += 1
+        elif u < cuts[1]:
+            b += 1
+        elif u < cuts[2]:
+            c += 1
+    return np.array([a, b, c], dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# writers
+
+
+def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, total, size):
+        yield start, min(size, total - start)
+
+
+def _open_npy(stack: ExitStack, path: Path, dtype: type, shape: tuple[int, ...]) -> IO[bytes]:
+    """A raw ``.npy`` writer: header now, rows appended by the caller (no memmap, so resident
+    memory stays at one chunk however large the file)."""
+    fp = stack.enter_context(open(path, "wb"))
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": shape,
+    }
+    np.lib.format.write_array_header_1_0(fp, header)
+    return fp
+
+
+class _Reporter:
+    """Rate-limited progress messages with throughput."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self._last = 0.0
+
+    def __call__(self, message: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._progress is not None and (force or now - self._last >= 1.0):
+            self._last = now
+            self._progress(message)
+
+
+def _write_edges(path: Path, cfg: SynthConfig, scr: _Scramble, report: _Reporter) -> dict[str, int]:
+    n, total, classes = cfg.nodes, cfg.edges, cfg.classes
+    law = _PowerLaw.from_exponent(cfg.power_law_exponent)
+    comm_size = np.array([(n - c + classes - 1) // classes for c in range(classes)], np.int64)
+    scale_all = float(law.scale(np.array([n]))[0])
+    keys = np.array([_stream_key(cfg.seed, s) for s in (_STREAM_SRC, _STREAM_COIN, _STREAM_DST)])
+    intra = loops = 0
+    t0 = time.monotonic()
+    # dictionary encoding only burns time on near-unique ids; stats are kept for readers
+    with pq.ParquetWriter(
+        path, _PARQUET_SCHEMA, compression=EDGE_COMPRESSION, use_dictionary=False
+    ) as writer:
+        if total == 0:
+            writer.write_table(_PARQUET_SCHEMA.empty_table())
+        for start, count in _chunks(total, cfg.chunk_edges):
+            src = np.empty(count, np.int64)
+            dst = np.empty(count, np.int64)
+            i, s = _edge_kernel(
+                np.int64(start), src, dst, np.int64(n), np.int64(classes), scale_all,
+                comm_size, law.scale(comm_size), law.inv_beta, law.log_mode,
+                float(cfg.homophily), keys, np.int64(scr.mult), np.int64(scr.offset),
+            )  # fmt: skip
+            intra += int(i)
+            loops += int(s)
+            table = pa.Table.from_arrays([pa.array(src), pa.array(dst)], schema=_PARQUET_SCHEMA)
+            writer.write_table(table, row_group_size=count)
+            done = start + count
+            rate = done / max(time.monotonic() - t0, 1e-9)
+            report(f"edges {done:,}/{total:,} ({100 * done / total:.0f} %, {rate / 1e6:.1f} M/s)")
+    return {"edges": total, "intra_class_edges": intra, "self_loops": loops}
+
+
+def _split_cuts(cfg: SynthConfig) -> np.ndarray:
+    return np.cumsum(np.asarray(cfg.split, dtype=np.float64))
+
+
+def _node_chunk_rows(cfg: SynthConfig) -> int:
+    # a node chunk holds about as many bytes as an edge chunk (16 B per edge)
+    return max(1, (4 * cfg.chunk_edges) // cfg.feature_dim)
+
+
+def _write_nodes(root: Path, cfg: SynthConfig, scr: _Scramble, report: _Reporter) -> dict[str, int]:
+    n, f = cfg.nodes, cfg.feature_dim
+    split_key = _stream_key(cfg.seed, _STREAM_SPLIT)
+    cuts = _split_cuts(cfg)
+    sizes = [int(x) for x in _split_counts(np.int64(n), split_key, cuts)]
+    centroids = _centroids(np.int64(cfg.classes), np.int64(f), _stream_key(cfg.seed, _STREAM_CENTROID))
+    noise_key = _stream_key(cfg.seed, _STREAM_NOISE)
+    (root / "split").mkdir()
+    with ExitStack() as stack:
+        fx = _open_npy(stack, root / "node_features.npy", np.float32, (n, f))
+        fy = _open_npy(stack, root / "node_labels.npy", np.int64, (n,))
+        fs = [
+            _open_npy(stack, root / "split" / f"{name}.npy", np.int64, (size,))
+            for name, size in zip(_SPLIT_NAMES, sizes)
+        ]
+        for start, count in _chunks(n, _node_chunk_rows(cfg)):
+            labels = np.empty(count, np.int64)
+            feats = np.empty((count, f), np.float32)
+            _node_kernel(
+                np.int64(start), labels, feats, np.int64(n), np.int64(cfg.classes),
+                np.int64(scr.inv_mult), np.int64(scr.offset), centroids, float(cfg.noise),
+                noise_key,
+            )  # fmt: skip
+            fx.write(memoryview(feats).cast("B"))
+            fy.write(memoryview(labels).cast("B"))
+            which = np.empty(count, np.int8)
+            _split_kernel(np.int64(start), which, split_key, cuts)
+            for k, fp in enumerate(fs):
+                # ascending within the chunk, chunks in order: the split files come out sorted
+                fp.write(memoryview(np.flatnonzero(which == k).astype(np.int64) + start).cast("B"))
+            report(f"nodes {start + count:,}/{n:,}")
+    return {"nodes": n, **dict(zip(_SPLIT_NAMES, sizes))}
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry point
+
+
+def _summary(cfg: SynthConfig, scr: _Scramble, counts: dict[str, int]) -> dict[str, Any]:
+    params = asdict(cfg)
+    params["split"] = list(cfg.split)
+    edges = counts["edges"]
+    return {
+        "generator": "gnn_ooc.tools.synth",
+        "format_version": FORMAT_VERSION,
+        **params,
+        "counts": counts,
+        "edge_homophily": counts["intra_class_edges"] / edges if edges else None,
+        "scramble": {"multiplier": scr.mult, "offset": scr.offset},
+        "files": {
+            "edges": "edges.parquet",
+            "features": "node_features.npy",
+            "labels": "node_labels.npy",
+            "split": {name: f"split/{name}.npy" for name in _SPLIT_NAMES},
+        },
+    }
+
+
+def _install(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished folder into place; an old ``out`` is moved aside first and removed
+    only after the new one is in place."""
+    if not os.path.lexists(out):
+        os.rename(tmp, out)
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} exists (pass overwrite=True to replace it)")
+    old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+    os.rename(out, old)
+    os.rename(tmp, out)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    else:
+        old.unlink()
+
+
+def synth(
+    out: str | os.PathLike[str],
+    config: SynthConfig,
+    progress: Progress | None = None,
+    *,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write a synthetic graph folder ``out`` (raw layout) and return its ``synth.json`` summary.
+
+    The folder is built as ``.<name>.partial-<random>`` next to ``out`` and renamed into place
+    when complete; on any error it is removed. An existing ``out`` raises ``FileExistsError``
+    unless ``overwrite`` is true. ``progress`` receives human-readable status lines.
+
+    Example:
+        >>> import tempfile, os, numpy as np
+        >>> out = os.path.join(tempfile.mkdtemp(), "tiny")
+        >>> s = synth(out, SynthConfig(nodes=500, avg_degree=4, feature_dim=16, classes=3, seed=7))
+        >>> np.load(os.path.join(out, "node_features.npy")).shape, s["counts"]["edges"]
+        ((500, 16), 2000)
+    """
+    if not isinstance(config, SynthConfig):
+        raise ValueError(f"config must be a SynthConfig, got {type(config).__name__}")
+    out = Path(out)
+    if not out.name or out.name in (".", ".."):
+        raise ValueError(f"out must name a folder, got {str(out)!r}")
+    if os.path.lexists(out) and not overwrite:
+        raise FileExistsError(f"{out} exists (pass overwrite=True to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
+    report = _Reporter(progress)
+    t0 = time.monotonic()
+    tmp.mkdir()
+    try:
+        scr = _Scramble.make(config.nodes, config.seed)
+        edge_counts = _write_edges(tmp / "edges.parquet", config, scr, report)
+        node_counts = _write_nodes(tmp, config, scr, report)
+        summary = _summary(config, scr, {**node_counts, **edge_counts})
+        (tmp / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
+        _install(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report(
+        f"wrote {out}: {config.nodes:,} nodes, {config.edges:,} edges "
+        f"in {time.monotonic() - t0:.1f} s",
+        force=True,
+    )
+    return summary
