@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from gnn_ooc.graphstore.base import SPLIT_NAMES, InputError
-from gnn_ooc.graphstore.sources import _first_line, _is_number, _short
+from gnn_ooc.graphstore.sources import _PARQUET_BUFFER, _first_line, _is_number, _short
 
 _SPLIT_SUFFIXES = (".npy", ".csv.gz", ".csv", ".txt", ".parquet")
 _SPLIT_ALIASES = {"valid": ("valid", "val", "validation"), "train": ("train",), "test": ("test",)}
@@ -75,7 +75,7 @@ class ParquetRows(RowSource):
         import pyarrow.parquet as pq
 
         try:
-            self._file = pq.ParquetFile(path)
+            self._file = pq.ParquetFile(path, pre_buffer=False, buffer_size=_PARQUET_BUFFER)
         except (pa.ArrowException, OSError) as e:
             raise InputError(path, f"not a readable Parquet file ({_short(e)})") from e
         schema = self._file.schema_arrow
@@ -89,7 +89,7 @@ class ParquetRows(RowSource):
 
     def _blocks(self, max_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         row = 0
-        for batch in self._file.iter_batches(batch_size=max_rows, columns=self._columns):
+        for batch in self._file.iter_batches(batch_size=max_rows, columns=self._columns, use_threads=False):
             yield row, self._to_numpy(batch, row)
             row += batch.num_rows
 
@@ -176,7 +176,7 @@ def read_split(path: Path) -> np.ndarray:
         bad = ~np.isfinite(arr) | (arr != np.round(arr))
         if bad.any():
             i = int(np.argmax(bad))
-            raise InputError(path, f"value {arr[i]!r} is not a node id", expected="integer node ids", row=i)
+            raise InputError(path, f"value {float(arr[i])} is not a node id", expected="integer node ids", row=i)
     elif arr.dtype.kind not in "iu":
         raise InputError(path, f"values of type {arr.dtype}", expected="integer node ids")
     return arr.astype(np.int64)

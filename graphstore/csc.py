@@ -1,7 +1,7 @@
 """Build the CSC topology from an edge stream by an external sort bounded by a memory budget.
 
 Edges are partitioned by destination range into buckets (numba counting sort); buckets stay in
-memory while they fit in half the budget and are appended to scratch files when they do not.
+memory while they fit in a quarter of the budget and are appended to scratch files when they do not.
 ``finish`` then sorts one bucket at a time into CSC (numba, parallel over destinations) and
 streams ``indptr`` and ``indices`` out in destination order. A bucket larger than one in-memory
 sort is split again by a finer range, so skewed or unannounced graphs still fit the budget.
@@ -92,12 +92,15 @@ class CscBuilder:
         self._parts = max(1, numba.get_num_threads())
 
     # --- sizes ------------------------------------------------------------------------------
+    # Budget shares while partitioning: a quarter for buffered buckets, a quarter for the edge
+    # chunks in flight (the one being partitioned, its records, one read ahead), the rest for
+    # the reader's own buffers (a Parquet row group, a CSV block) and the allocator's slack.
     @property
     def chunk_edges(self) -> int:
         """How many input edges one ``add`` call should carry to stay within the budget."""
         fan = 2 if self.undirected else 1
-        per_edge = 16 + 2 * fan * self.rec_dtype.itemsize + 8
-        return max(1 << 14, self.budget // (4 * per_edge))
+        per_edge = 2 * 16 + 2 * fan * self.rec_dtype.itemsize
+        return max(1 << 12, self.budget // (4 * per_edge))
 
     def _sort_capacity(self, width: int) -> int:
         idx = 8 if self.rec_dtype.itemsize == 8 else 4
@@ -138,7 +141,7 @@ class CscBuilder:
         for b in nonempty.tolist():
             self._buffers.setdefault(b, []).append(rec[offsets[b] : offsets[b + 1]])
         self._buffered += rec.nbytes
-        if self._buffered > self.budget // 2:
+        if self._buffered > self.budget // 4:
             self.spill()
 
     def spill(self) -> None:
@@ -146,7 +149,7 @@ class CscBuilder:
         for b, parts in self._buffers.items():
             with open(self._bucket_path(b), "ab", buffering=0) as f:
                 for part in parts:
-                    _write_all(f, memoryview(np.ascontiguousarray(part)).cast("B"))
+                    _write_all(f, memoryview(np.ascontiguousarray(part).reshape(-1)).cast("B"))
                     self.spilled_bytes += part.nbytes
             self._spilled.add(b)
         self._buffers.clear()
@@ -249,7 +252,7 @@ class CscBuilder:
             )
             for s in np.flatnonzero(np.diff(offsets)).tolist():
                 with open(paths[s], "ab", buffering=0) as f:
-                    _write_all(f, memoryview(rec[offsets[s] : offsets[s + 1]]).cast("B"))
+                    _write_all(f, memoryview(rec[offsets[s] : offsets[s + 1]].reshape(-1)).cast("B"))
                 self.spilled_bytes += int(offsets[s + 1] - offsets[s]) * 2 * self.rec_dtype.itemsize
         parts.clear()
         for s in range(count):

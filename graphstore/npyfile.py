@@ -137,7 +137,9 @@ class NpyWriter:
                 f"{self.path}: got rows {rows.dtype}{tuple(rows.shape)}, "
                 f"expected {self.dtype} with row shape {self.row_shape}"
             )
-        data = memoryview(np.ascontiguousarray(rows)).cast("B")
+        if rows.size == 0:
+            return
+        data = memoryview(np.ascontiguousarray(rows).reshape(-1)).cast("B")
         self._crc = zlib.crc32(data, self._crc)
         _write_all(self._file, data)
         self.rows += rows.shape[0]

@@ -424,7 +424,7 @@ class _FeatureConverter:
         if self.nan_policy == "error":
             r, c = (int(i[0]) for i in np.nonzero(bad))
             raise InputError(
-                self.path, f"feature column {c} is {block[r, c]!r}",
+                self.path, f"feature column {c} is {float(block[r, c])}",
                 expected="finite features (or --nan-policy zero)", row=start + r,
             )
         self.zeroed += int(bad.sum())
@@ -436,7 +436,7 @@ class _FeatureConverter:
         h = x.astype(np.float16)
         if not np.isfinite(h).all():
             r, c = (int(i[0]) for i in np.nonzero(~np.isfinite(h)))
-            raise InputError(self.path, f"feature column {c} = {x[r, c]!r} overflows float16", expected="|values| <= 65504 for --feature-dtype float16", row=start + r)
+            raise InputError(self.path, f"feature column {c} = {float(x[r, c])} overflows float16", expected="|values| <= 65504 for --feature-dtype float16", row=start + r)
         return h
 
 
@@ -457,7 +457,7 @@ def _labels_block(path: Path, block: np.ndarray, start: int) -> np.ndarray:
         frac = ~nan & (block != np.round(block))
         if frac.any():
             i = int(np.argmax(frac))
-            raise InputError(path, f"label {block[i]!r} is not an integer", expected="integer class labels (NaN or -1 for unknown)", row=start + i)
+            raise InputError(path, f"label {float(block[i])} is not an integer", expected="integer class labels (NaN or -1 for unknown)", row=start + i)
         block = np.where(nan, -1, block)
     elif block.dtype.kind not in "iu":
         raise InputError(path, f"labels of type {block.dtype}", expected="integer class labels")

@@ -24,6 +24,9 @@ import pyarrow as pa
 from gnn_ooc.graphstore.base import InputError
 
 _CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")
+# Threaded Parquet reads decode every row group ahead (the whole file in memory); a serial
+# reader with a small buffer keeps one row group at a time.
+_PARQUET_BUFFER = 1 << 20
 _REMAP_HINT = "integer node ids; pass --remap for string or non-integer ids"
 
 
@@ -83,7 +86,7 @@ class ParquetEdges(EdgeSource):
         import pyarrow.parquet as pq
 
         try:
-            self._file = pq.ParquetFile(path)
+            self._file = pq.ParquetFile(path, pre_buffer=False, buffer_size=_PARQUET_BUFFER)
         except (pa.ArrowException, OSError) as e:
             raise InputError(path, f"not a readable Parquet file ({_short(e)})") from e
         names = self._file.schema_arrow.names
@@ -96,7 +99,7 @@ class ParquetEdges(EdgeSource):
     def _chunks(self, max_rows: int) -> Iterator[EdgeChunk]:
         row = 0
         cols = [self.src_col, self.dst_col]
-        for batch in self._file.iter_batches(batch_size=max_rows, columns=cols, use_threads=True):
+        for batch in self._file.iter_batches(batch_size=max_rows, columns=cols, use_threads=False):
             yield EdgeChunk(self.path, row, batch.column(0), batch.column(1))
             row += batch.num_rows
 

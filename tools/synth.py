@@ -44,8 +44,10 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -124,6 +126,7 @@ class SynthConfig:
     seed: int = 0
     homophily: float = 0.8
     power_law_exponent: float = 2.1
+    max_degree: float | None = None
     noise: float = 0.6
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
     chunk_edges: int = 4_000_000
@@ -140,6 +143,12 @@ class SynthConfig:
         _check_float("power_law_exponent", self.power_law_exponent, 1.0, math.inf)
         if not self.power_law_exponent > 1.0:
             raise ValueError(f"power_law_exponent must be > 1, got {self.power_law_exponent}")
+        if self.max_degree is not None and not (
+            isinstance(self.max_degree, (int, float, np.integer, np.floating))
+            and not isinstance(self.max_degree, bool)
+            and float(self.max_degree) > 0
+        ):
+            raise ValueError(f"max_degree must be a positive number or None, got {self.max_degree!r}")
         self._check_split()
         if self.edges > 1 << 62:
             raise ValueError(f"nodes * avg_degree = {self.edges} edges is too many")
@@ -151,6 +160,18 @@ class SynthConfig:
             _check_float(f"split {name} fraction", value, 0.0, 1.0)
         if sum(self.split) > 1.0 + 1e-9:
             raise ValueError(f"split fractions must sum to at most 1, got {sum(self.split)}")
+
+    @property
+    def resolved_max_degree(self) -> float | None:
+        """The hub cap in use (None: no cap).
+
+        ``max_degree=None`` picks the structural cutoff ``sqrt(N * mean degree)``
+        ``= sqrt(2 * edges)``, near the largest degree of real graphs of that size (for
+        ogbn-products it predicts 11 k, the graph has 17 k).
+        """
+        if self.max_degree is None:
+            return math.sqrt(2.0 * self.edges)
+        return None if math.isinf(self.max_degree) else float(self.max_degree)
 
     @property
     def edges(self) -> int:
@@ -216,38 +237,69 @@ def _unit(h: np.uint64) -> float:
 
 @dataclass(frozen=True)
 class _PowerLaw:
-    """Inverse-CDF sampling of ranks ``[0, m)`` with weight ``(r + 1) ** -alpha``.
+    """Inverse-CDF sampling of ranks ``[0, m)`` with weight ``(r + offset) ** -alpha``.
 
-    The continuous density ``x ** -alpha`` on ``[1, m + 1)`` is floored, which puts on each rank
-    the integral of its unit interval; ``scale`` is that density's normaliser for each ``m``.
+    The continuous density ``(x + offset) ** -alpha`` on ``[0, m)`` is floored, which puts on
+    each rank the integral over its unit interval. Written with ``log1p``/``expm1`` so that it
+    stays accurate for huge offsets (a nearly flat head) and for ``alpha`` near 1.
+    ``offset = 1`` is the pure power law; a larger one caps the hubs (Chung and Lu's ``i0``).
     """
 
-    log_mode: bool  # alpha == 1: the CDF is logarithmic
-    inv_beta: float  # 1 / (1 - alpha)
-    beta: float
+    alpha: float
+    offset: float
+
+    @property
+    def beta(self) -> float:
+        return 1.0 - self.alpha
+
+    @property
+    def log_mode(self) -> bool:
+        # alpha == 1: the CDF is logarithmic
+        return abs(self.beta) < 1e-9
+
+    @property
+    def inv_beta(self) -> float:
+        return 0.0 if self.log_mode else 1.0 / self.beta
+
+    def spread(self, m: np.ndarray, offset: np.ndarray | float) -> np.ndarray:
+        """``T`` of ``_rank`` for populations ``m`` with offsets ``offset``."""
+        log_span = np.log1p(np.asarray(m, np.float64) / offset)
+        return log_span if self.log_mode else np.expm1(self.beta * log_span)
+
+    def top_share(self, m: int, offset: float) -> float:
+        """Probability of rank 0."""
+        return float(self.spread(np.array([1.0]), offset)[0] / self.spread(np.array([m]), offset)[0])
 
     @classmethod
-    def from_exponent(cls, gamma: float) -> _PowerLaw:
-        beta = 1.0 - 1.0 / (gamma - 1.0)
-        log_mode = abs(beta) < 1e-9
-        return cls(log_mode, 0.0 if log_mode else 1.0 / beta, beta)
-
-    def scale(self, m: np.ndarray) -> np.ndarray:
-        mp1 = m.astype(np.float64) + 1.0
-        return np.log(mp1) if self.log_mode else mp1**self.beta - 1.0
+    def for_config(cls, cfg: SynthConfig) -> _PowerLaw:
+        alpha = 1.0 / (cfg.power_law_exponent - 1.0)
+        pure = cls(alpha, 1.0)
+        target = cfg.resolved_max_degree
+        if target is None or 2 * cfg.edges * pure.top_share(cfg.nodes, 1.0) <= target:
+            return pure
+        # the top rank's share falls monotonically with the offset: bisect on its logarithm
+        lo, hi = 0.0, math.log(1e18)
+        for _ in range(100):
+            mid = 0.5 * (lo + hi)
+            if 2 * cfg.edges * cls(alpha, math.exp(mid)).top_share(cfg.nodes, math.exp(mid)) > target:
+                lo = mid
+            else:
+                hi = mid
+        return cls(alpha, math.exp(hi))
 
 
 @numba.njit(cache=True, nogil=True)
-def _rank(u: float, m: np.int64, scale: float, inv_beta: float, log_mode: bool) -> np.int64:
+def _rank(
+    u: float, m: np.int64, offset: float, spread: float, inv_beta: float, log_mode: bool
+) -> np.int64:
     if log_mode:
-        x = math.exp(u * scale)
+        x = offset * math.expm1(u * spread)
     else:
-        x = (1.0 + u * scale) ** inv_beta
-    # x >= m also catches inf and nan from rounding at the far ends
+        x = offset * math.expm1(math.log1p(u * spread) * inv_beta)
+    # x >= m also catches inf and nan from rounding at the far end
     if not x < m:
         return m - 1
-    r = np.int64(x) - 1
-    return r if r > 0 else np.int64(0)
+    return np.int64(x)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -303,38 +355,48 @@ def _edge_kernel(
     dst: np.ndarray,
     n: np.int64,
     classes: np.int64,
-    scale_all: float,
+    offset_all: float,
+    spread_all: float,
     comm_size: np.ndarray,
-    comm_scale: np.ndarray,
+    comm_offset: np.ndarray,
+    comm_spread: np.ndarray,
     inv_beta: float,
     log_mode: bool,
     homophily: float,
     keys: np.ndarray,
     mult: np.int64,
     offset: np.int64,
-) -> tuple[int, int]:
-    """Fill ``src``/``dst`` with edges ``first ..``; returns (intra-community, self-loop) counts."""
+) -> tuple[int, int, int]:
+    """Fill ``src``/``dst`` with edges ``first ..``.
+
+    Returns the numbers of intra-community edges, self loops and endpoints at the top hub.
+    """
     intra = 0
     loops = 0
+    hub = 0
     for i in prange(src.shape[0]):
         e = np.uint64(first + i)
-        rs = _rank(_unit(_hash(keys[0], e)), n, scale_all, inv_beta, log_mode)
+        rs = _rank(_unit(_hash(keys[0], e)), n, offset_all, spread_all, inv_beta, log_mode)
         c = rs % classes
         u = _unit(_hash(keys[2], e))
         if _unit(_hash(keys[1], e)) < homophily:
-            local = _rank(u, comm_size[c], comm_scale[c], inv_beta, log_mode)
+            local = _rank(u, comm_size[c], comm_offset[c], comm_spread[c], inv_beta, log_mode)
             rd = local * classes + c
         else:
-            rd = _rank(u, n, scale_all, inv_beta, log_mode)
+            rd = _rank(u, n, offset_all, spread_all, inv_beta, log_mode)
         if rd % classes == c:
             intra += 1
+        if rs == 0:
+            hub += 1
+        if rd == 0:
+            hub += 1
         s = _to_id(rs, mult, offset, n)
         d = _to_id(rd, mult, offset, n)
         if s == d:
             loops += 1
         src[i] = s
         dst[i] = d
-    return intra, loops
+    return intra, loops, hub
 
 
 @numba.njit(cache=True, nogil=True)
@@ -450,6 +512,35 @@ def _open_npy(stack: ExitStack, path: Path, dtype: type, shape: tuple[int, ...])
     return fp
 
 
+class _Background:
+    """Runs one job at a time on a helper thread, so that writing chunk k overlaps computing
+    chunk k + 1 (numba kernels and pyarrow both release the GIL). At most one job is pending,
+    which bounds memory to two chunks; a job's exception surfaces at the next call."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-writer")
+        self._pending: Future[None] | None = None
+
+    def __enter__(self) -> _Background:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.wait()
+        self._pending = self._pool.submit(job)
+
+
 class _Reporter:
     """Rate-limited progress messages with throughput."""
 
@@ -464,36 +555,49 @@ class _Reporter:
             self._progress(message)
 
 
+def _write_all(files: list[IO[bytes]], arrays: list[np.ndarray]) -> None:
+    for fp, arr in zip(files, arrays):
+        fp.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
+
+
 def _write_edges(path: Path, cfg: SynthConfig, scr: _Scramble, report: _Reporter) -> dict[str, int]:
     n, total, classes = cfg.nodes, cfg.edges, cfg.classes
-    law = _PowerLaw.from_exponent(cfg.power_law_exponent)
+    law = _PowerLaw.for_config(cfg)
     comm_size = np.array([(n - c + classes - 1) // classes for c in range(classes)], np.int64)
-    scale_all = float(law.scale(np.array([n]))[0])
+    # rank j * classes + c has weight (j * classes + c + offset) ** -alpha, which is
+    # proportional to (j + (c + offset) / classes) ** -alpha: the same law within a community
+    comm_offset = (np.arange(classes) + law.offset) / classes
+    spread_all = float(law.spread(np.array([n]), law.offset)[0])
     keys = np.array([_stream_key(cfg.seed, s) for s in (_STREAM_SRC, _STREAM_COIN, _STREAM_DST)])
-    intra = loops = 0
+    intra = loops = hub = 0
     t0 = time.monotonic()
     # dictionary encoding only burns time on near-unique ids; stats are kept for readers
-    with pq.ParquetWriter(
-        path, _PARQUET_SCHEMA, compression=EDGE_COMPRESSION, use_dictionary=False
-    ) as writer:
+    with (
+        pq.ParquetWriter(
+            path, _PARQUET_SCHEMA, compression=EDGE_COMPRESSION, use_dictionary=False
+        ) as writer,
+        _Background() as background,
+    ):
         if total == 0:
             writer.write_table(_PARQUET_SCHEMA.empty_table())
         for start, count in _chunks(total, cfg.chunk_edges):
             src = np.empty(count, np.int64)
             dst = np.empty(count, np.int64)
-            i, s = _edge_kernel(
-                np.int64(start), src, dst, np.int64(n), np.int64(classes), scale_all,
-                comm_size, law.scale(comm_size), law.inv_beta, law.log_mode,
-                float(cfg.homophily), keys, np.int64(scr.mult), np.int64(scr.offset),
+            i, s, h = _edge_kernel(
+                np.int64(start), src, dst, np.int64(n), np.int64(classes), law.offset,
+                spread_all, comm_size, comm_offset, law.spread(comm_size, comm_offset),
+                law.inv_beta, law.log_mode, float(cfg.homophily), keys, np.int64(scr.mult),
+                np.int64(scr.offset),
             )  # fmt: skip
             intra += int(i)
             loops += int(s)
+            hub += int(h)
             table = pa.Table.from_arrays([pa.array(src), pa.array(dst)], schema=_PARQUET_SCHEMA)
-            writer.write_table(table, row_group_size=count)
+            background.submit(partial(writer.write_table, table, row_group_size=count))
             done = start + count
             rate = done / max(time.monotonic() - t0, 1e-9)
             report(f"edges {done:,}/{total:,} ({100 * done / total:.0f} %, {rate / 1e6:.1f} M/s)")
-    return {"edges": total, "intra_class_edges": intra, "self_loops": loops}
+    return {"edges": total, "intra_class_edges": intra, "self_loops": loops, "hub_degree": hub}
 
 
 def _split_cuts(cfg: SynthConfig) -> np.ndarray:
@@ -520,6 +624,7 @@ def _write_nodes(root: Path, cfg: SynthConfig, scr: _Scramble, report: _Reporter
             _open_npy(stack, root / "split" / f"{name}.npy", np.int64, (size,))
             for name, size in zip(_SPLIT_NAMES, sizes)
         ]
+        background = stack.enter_context(_Background())  # entered last: drained before closing
         for start, count in _chunks(n, _node_chunk_rows(cfg)):
             labels = np.empty(count, np.int64)
             feats = np.empty((count, f), np.float32)
@@ -528,13 +633,11 @@ def _write_nodes(root: Path, cfg: SynthConfig, scr: _Scramble, report: _Reporter
                 np.int64(scr.inv_mult), np.int64(scr.offset), centroids, float(cfg.noise),
                 noise_key,
             )  # fmt: skip
-            fx.write(memoryview(feats).cast("B"))
-            fy.write(memoryview(labels).cast("B"))
             which = np.empty(count, np.int8)
             _split_kernel(np.int64(start), which, split_key, cuts)
-            for k, fp in enumerate(fs):
-                # ascending within the chunk, chunks in order: the split files come out sorted
-                fp.write(memoryview(np.flatnonzero(which == k).astype(np.int64) + start).cast("B"))
+            # ascending within the chunk, chunks in order: the split files come out sorted
+            ids = [np.flatnonzero(which == k).astype(np.int64) + start for k in range(3)]
+            background.submit(partial(_write_all, [fx, fy, *fs], [feats, labels, *ids]))
             report(f"nodes {start + count:,}/{n:,}")
     return {"nodes": n, **dict(zip(_SPLIT_NAMES, sizes))}
 
