@@ -45,7 +45,7 @@ class LockedDir:
 
 def remove_stale(parent: Path, prefix: str, owner_desc: str) -> list[Path]:
     """Remove folders ``parent/prefix*`` whose lock is free; raise if one is held by a live run."""
-    removed = []
+    removed: list[Path] = []
     if not parent.is_dir():
         return removed
     for p in sorted(parent.iterdir()):

@@ -20,17 +20,15 @@ Example:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numba
 import numpy as np
-
 from gnn_ooc.graphstore.base import MemoryBudgetError
 from gnn_ooc.graphstore.kernels import bucket_to_csc, partition_edges
-from gnn_ooc.graphstore.npyfile import NpyWriter
+from gnn_ooc.graphstore.npyfile import NpyWriter, write_all
 
 _INT32_MAX = np.iinfo(np.int32).max
 _MIN_BUDGET = 1 << 20
@@ -149,7 +147,7 @@ class CscBuilder:
         for b, parts in self._buffers.items():
             with open(self._bucket_path(b), "ab", buffering=0) as f:
                 for part in parts:
-                    _write_all(f, memoryview(np.ascontiguousarray(part).reshape(-1)).cast("B"))
+                    write_all(f, np.ascontiguousarray(part).reshape(-1).data.cast("B"))
                     self.spilled_bytes += part.nbytes
             self._spilled.add(b)
         self._buffers.clear()
@@ -252,7 +250,7 @@ class CscBuilder:
             )
             for s in np.flatnonzero(np.diff(offsets)).tolist():
                 with open(paths[s], "ab", buffering=0) as f:
-                    _write_all(f, memoryview(rec[offsets[s] : offsets[s + 1]].reshape(-1)).cast("B"))
+                    write_all(f, rec[offsets[s] : offsets[s + 1]].reshape(-1).data.cast("B"))
                 self.spilled_bytes += int(offsets[s + 1] - offsets[s]) * 2 * self.rec_dtype.itemsize
         parts.clear()
         for s in range(count):
@@ -260,8 +258,3 @@ class CscBuilder:
             sub_width = min(1 << sub_shift, width - (s << sub_shift))
             self._emit_range(sub_parts, sub_width, indptr, indices)
 
-
-def _write_all(f: object, data: memoryview) -> None:
-    write = f.write  # type: ignore[attr-defined]
-    while len(data):
-        data = data[write(data) :]

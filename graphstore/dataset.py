@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-
 from gnn_ooc.graphstore.base import (
     DATA_ALIGNMENT,
     MANIFEST_NAME,

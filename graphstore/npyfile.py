@@ -24,7 +24,6 @@ from types import TracebackType
 from typing import Sequence
 
 import numpy as np
-
 from gnn_ooc.graphstore.base import CHECKSUM_ALGORITHM, DATA_ALIGNMENT, FileEntry
 
 _MAGIC = b"\x93NUMPY\x01\x00"
@@ -139,9 +138,9 @@ class NpyWriter:
             )
         if rows.size == 0:
             return
-        data = memoryview(np.ascontiguousarray(rows).reshape(-1)).cast("B")
+        data = np.ascontiguousarray(rows).reshape(-1).data.cast("B")
         self._crc = zlib.crc32(data, self._crc)
-        _write_all(self._file, data)
+        write_all(self._file, data)
         self.rows += rows.shape[0]
 
     def close(self) -> FileEntry:
@@ -154,7 +153,7 @@ class NpyWriter:
         header = npy_header(self.dtype, shape)
         data_len = self.rows * self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
         self._file.seek(0)
-        _write_all(self._file, memoryview(header))
+        write_all(self._file, memoryview(header))
         os.fsync(self._file.fileno())
         self._file.close()
         crc = crc32_combine(zlib.crc32(header), self._crc, data_len)
@@ -186,7 +185,7 @@ class NpyWriter:
             self.abort()
 
 
-def _write_all(f: object, data: memoryview) -> None:
+def write_all(f: object, data: memoryview) -> None:
     # Unbuffered raw files may write less than asked; loop until all bytes are down.
     write = f.write  # type: ignore[attr-defined]
     while len(data):

@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
-
-import gnn_ooc
 from gnn_ooc.graphstore.arrays import RowSource, find_split_files, open_rows, read_split
 from gnn_ooc.graphstore.atomic import LockedDir, Staging, remove_stale
 from gnn_ooc.graphstore.base import (
@@ -46,6 +44,8 @@ from gnn_ooc.graphstore.dataset import Dataset
 from gnn_ooc.graphstore.npyfile import NpyWriter, write_array, write_bytes_entry
 from gnn_ooc.graphstore.remap import IdMap
 from gnn_ooc.graphstore.sources import EdgeSource, check_id_range, edge_ids, open_edge_sources
+
+import gnn_ooc
 
 Progress = Callable[[str], None]
 T = TypeVar("T")
@@ -120,7 +120,7 @@ def _set_threads(threads: int | None) -> None:
     if threads:
         import numba
 
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
 
 
 # --- fingerprint and idempotence -----------------------------------------------------------------

@@ -5,11 +5,16 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from gnn_ooc.graphstore.base import DATA_ALIGNMENT
+from gnn_ooc.graphstore.npyfile import (
+    NpyWriter,
+    crc32_combine,
+    file_checksum,
+    format_checksum,
+    npy_header,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from gnn_ooc.graphstore.base import DATA_ALIGNMENT
-from gnn_ooc.graphstore.npyfile import NpyWriter, crc32_combine, file_checksum, format_checksum, npy_header
 
 
 @given(st.binary(max_size=300), st.binary(max_size=300))

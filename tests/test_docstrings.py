@@ -1,0 +1,22 @@
+"""The short examples in public docstrings run (those marked ``+SKIP`` need data that is not here)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import gnn_ooc
+
+MODULES = sorted(
+    m.name for pkg in ("graphstore", "tools") for m in pkgutil.iter_modules(importlib.import_module(f"gnn_ooc.{pkg}").__path__, f"gnn_ooc.{pkg}.")
+)
+
+
+@pytest.mark.parametrize("name", ["gnn_ooc", *MODULES])
+def test_docstring_examples(name: str) -> None:
+    module = importlib.import_module(name) if name != "gnn_ooc" else gnn_ooc
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0

@@ -1,0 +1,54 @@
+"""The gnn-ooc command line: exit codes and what it prints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gnn_ooc.tools.cli import main
+from gnn_ooc.tools.units import format_size, parse_size
+
+from tests.conftest import write_raw
+
+
+def test_sizes() -> None:
+    assert parse_size("512M") == 512 << 20 and parse_size("8G") == 8 << 30 and parse_size("1.5GiB") == 3 << 29
+    assert parse_size("4096") == 4096 and parse_size("2kb") == 2048
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size("lots")
+    assert format_size(1536) == "1.5 KiB"
+
+
+def test_preprocess_info_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = write_raw(tmp_path / "raw", np.array([0, 1, 2]), np.array([1, 2, 0]),
+                    features=np.ones((3, 2), np.float32), labels=np.array([0, 1, 1]))
+    out = tmp_path / "ds"
+    assert main(["preprocess", str(raw), "-o", str(out), "--memory-budget", "64M", "--split", "0.34,0.33,0.33"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["nodes"] == 3 and info["edges"] == 3 and info["classes"] == 2
+    assert info["degree"]["max"] == 1 and sum(info["splits"].values()) == 3
+    assert main(["info", str(out)]) == 0
+    assert "in-degree" in capsys.readouterr().out
+    assert main(["verify", str(out)]) == 0
+    (out / "labels.npy").write_bytes(b"x" * (out / "labels.npy").stat().st_size)
+    assert main(["verify", str(out)]) == 1
+    assert "labels.npy: checksum" in capsys.readouterr().err
+
+
+def test_bad_input_exit_code_and_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = write_raw(tmp_path / "raw", np.array([0, -5]), np.array([1, 1]))
+    assert main(["preprocess", str(raw), "-o", str(tmp_path / "ds")]) == 1
+    err = capsys.readouterr().err
+    assert "edges.parquet: row 1: src id -5 is negative (expected ids >= 0)" in err
+    assert not (tmp_path / "ds").exists()
+
+
+def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["preprocess", "-o", str(tmp_path / "ds")]) == 2
+    assert "no edges" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["preprocess", "--edges", "x", "-o", "y", "--memory-budget", "lots"])

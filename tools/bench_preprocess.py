@@ -1,0 +1,157 @@
+"""Benchmark ``gnn-ooc preprocess`` against the I/O floor measured in the same run.
+
+Generates a raw graph (``gnn-ooc synth``; at least 50 M edges by default), then, with the page
+cache dropped before each measurement (when run as root):
+
+1. the I/O floor: read every input file once, sequentially, and write as many bytes as the
+   dataset has once (then fsync);
+2. ``gnn-ooc preprocess`` in a child process, timed, with its peak RSS from ``wait4``.
+
+It prints one JSON document with edges/s, peak RSS, and ``ratio = preprocess / floor``.
+Run it under ``../shared/tools/memcap.sh`` to hold the page cache too under a cap, e.g.::
+
+    ../shared/tools/memcap.sh 3G .venv/bin/python -m gnn_ooc.tools.bench_preprocess --budget 1G
+
+Example:
+    $ python -m gnn_ooc.tools.bench_preprocess --nodes 2000000 --avg-degree 25 --workdir /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gnn_ooc.tools.units import format_size, parse_size
+
+_BLOCK = 8 << 20
+
+
+def drop_caches() -> bool:
+    """Flush dirty pages and drop the page cache; False when not permitted (not root)."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+        return True
+    except OSError:
+        return False
+
+
+def files_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def read_once(paths: list[Path]) -> int:
+    """Read files sequentially in large blocks; returns bytes read."""
+    total = 0
+    buf = bytearray(_BLOCK)
+    for p in paths:
+        with open(p, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                total += n
+    return total
+
+
+def write_once(path: Path, nbytes: int) -> None:
+    """Write ``nbytes`` sequentially and fsync, like the dataset's files are written."""
+    block = os.urandom(_BLOCK)
+    with open(path, "wb", buffering=0) as f:
+        left = nbytes
+        while left > 0:
+            left -= f.write(block[: min(left, _BLOCK)])
+        os.fsync(f.fileno())
+    path.unlink()
+
+
+def io_floor(raw: Path, out_bytes: int, scratch: Path) -> dict[str, float]:
+    drop_caches()
+    t0 = time.perf_counter()
+    read = read_once(files_under(raw))
+    t_read = time.perf_counter() - t0
+    drop_caches()
+    t0 = time.perf_counter()
+    write_once(scratch / "floor.bin", out_bytes)
+    t_write = time.perf_counter() - t0
+    return {"read_s": t_read, "write_s": t_write, "floor_s": t_read + t_write, "read_bytes": read,
+            "read_MBps": read / t_read / 1e6, "write_MBps": out_bytes / t_write / 1e6}
+
+
+def run_preprocess(raw: Path, out: Path, budget: str, flags: list[str]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "gnn_ooc.tools.cli", "preprocess", str(raw), "-o", str(out),
+           "--memory-budget", budget, "--force", "--json", *flags]
+    drop_caches()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stdout, stderr = proc.stdout.read() if proc.stdout else "", proc.stderr.read() if proc.stderr else ""
+    if proc.returncode:
+        raise RuntimeError(f"preprocess failed ({proc.returncode}):\n{stderr}")
+    result = json.loads(stdout)
+    return {"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024, "phases": result["phases"],
+            "nodes": result["nodes"], "edges": result["edges"], "flags": flags}
+
+
+def dataset_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in files_under(path))
+
+
+def ensure_raw(raw: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from gnn_ooc.tools.synth import SynthConfig, synth
+
+    marker = raw / "synth.json"
+    want = {"nodes": args.nodes, "avg_degree": args.avg_degree, "feature_dim": args.feature_dim}
+    if marker.is_file():
+        have = json.loads(marker.read_text())
+        if all(have.get(k) == v for k, v in want.items()):
+            return dict(have)
+    t0 = time.perf_counter()
+    summary = synth(raw, SynthConfig(nodes=args.nodes, avg_degree=args.avg_degree, feature_dim=args.feature_dim,
+                                     classes=16, seed=0), overwrite=True)
+    summary["generate_s"] = time.perf_counter() - t0
+    return dict(summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", type=Path, default=Path("bench-preprocess"))
+    p.add_argument("--nodes", type=int, default=2_000_000)
+    p.add_argument("--avg-degree", type=float, default=25.0)
+    p.add_argument("--feature-dim", type=int, default=64)
+    p.add_argument("--budget", default="1G", help="--memory-budget for preprocess")
+    p.add_argument("--flags", default="", help="extra preprocess flags, e.g. '--undirected --dedup'")
+    p.add_argument("--keep", action="store_true", help="keep the generated graph and dataset")
+    args = p.parse_args(argv)
+    parse_size(args.budget)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    raw, out = args.workdir / "raw", args.workdir / "dataset"
+    graph = ensure_raw(raw, args)
+    flags = args.flags.split()
+    run = run_preprocess(raw, out, args.budget, flags)
+    out_bytes = dataset_bytes(out)
+    floor = io_floor(raw, out_bytes, args.workdir)
+    report = {
+        "graph": {k: graph.get(k) for k in ("nodes", "edges", "avg_degree", "feature_dim", "generate_s")},
+        "input_bytes": floor["read_bytes"], "output_bytes": out_bytes, "budget": args.budget,
+        "cache_dropped": drop_caches(), "preprocess": run, "floor": floor,
+        "edges_per_s": run["edges"] / run["seconds"],
+        "input_edges_per_s": (graph.get("edges") or 0) / run["seconds"],
+        "ratio_to_floor": run["seconds"] / floor["floor_s"],
+        "peak_rss_human": format_size(run["peak_rss"]),
+    }
+    print(json.dumps(report, indent=2))
+    if not args.keep:
+        shutil.rmtree(out, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
