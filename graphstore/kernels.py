@@ -107,27 +107,37 @@ def _unique_sorted(a: np.ndarray) -> int:
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def bucket_to_csc(
-    rec: np.ndarray, width: int, dedup: bool, index_sample: np.ndarray
+    rec: np.ndarray, width: int, dedup: bool, index_sample: np.ndarray, parts: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """CSC of one destination range from its ``(dst_local, src)`` records.
 
     Returns ``(degree [width], indices)``: sources grouped by destination, sorted ascending
-    within each destination, duplicates removed when ``dedup``.
+    within each destination, duplicates removed when ``dedup``. Counting and scattering run
+    over ``parts`` slices of the records at once (``parts * width`` counters).
     """
     m = rec.shape[0]
+    bounds = _slices(m, parts)
+    pos = np.zeros((parts, width), dtype=np.int64)
+    for p in prange(parts):
+        for i in range(bounds[p], bounds[p + 1]):
+            pos[p, rec[i, 0]] += 1
     deg = np.zeros(width, dtype=np.int64)
-    for i in range(m):
-        deg[rec[i, 0]] += 1
     start = np.empty(width + 1, dtype=np.int64)
-    start[0] = 0
+    total = 0
     for v in range(width):
-        start[v + 1] = start[v] + deg[v]
+        start[v] = total
+        for p in range(parts):
+            c = pos[p, v]
+            pos[p, v] = total
+            total += c
+        deg[v] = total - start[v]
+    start[width] = total
     indices = np.empty(m, dtype=index_sample.dtype)
-    pos = start[:-1].copy()
-    for i in range(m):
-        v = rec[i, 0]
-        indices[pos[v]] = rec[i, 1]
-        pos[v] += 1
+    for p in prange(parts):
+        for i in range(bounds[p], bounds[p + 1]):
+            v = rec[i, 0]
+            indices[pos[p, v]] = rec[i, 1]
+            pos[p, v] += 1
     for v in prange(width):
         seg = indices[start[v] : start[v + 1]]
         _sort_segment(seg)

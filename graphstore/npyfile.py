@@ -185,6 +185,35 @@ class NpyWriter:
             self.abort()
 
 
+class WriteBehind:
+    """Run an ``NpyWriter``'s writes in a thread so computing the next block overlaps the I/O.
+
+    At most ``depth`` blocks wait; a failed write re-raises on the next call or on ``drain``.
+    The caller must not modify a block after handing it over.
+    """
+
+    def __init__(self, writer: NpyWriter, depth: int = 2) -> None:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self.writer = writer
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gnn-ooc-write")
+        self._pending: list[Future[None]] = []
+        self._depth = depth
+
+    def write(self, rows: np.ndarray) -> None:
+        while len(self._pending) >= self._depth:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(self.writer.write, rows))
+
+    def drain(self) -> None:
+        try:
+            for f in self._pending:
+                f.result()
+        finally:
+            self._pending.clear()
+            self._pool.shutdown(wait=True)
+
+
 def write_all(f: object, data: memoryview) -> None:
     # Unbuffered raw files may write less than asked; loop until all bytes are down.
     write = f.write  # type: ignore[attr-defined]

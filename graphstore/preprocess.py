@@ -224,7 +224,8 @@ class _Build:
         spec = self.spec
         expected = sum(s.estimate_rows() or 0 for s in self.inputs.edges) or None
         builder = CscBuilder(scratch, num_nodes=n, memory_budget=spec.memory_budget, expected_edges=expected,
-                             undirected=spec.undirected, drop_self_loops=spec.drop_self_loops, dedup=spec.dedup)
+                             undirected=spec.undirected, drop_self_loops=spec.drop_self_loops, dedup=spec.dedup,
+                             id_bound=None if n is not None else self._id_bound())
         self.say(f"topology: partitioning edges (budget {spec.memory_budget} B)")
         for src, dst in _prefetch(self._id_chunks(builder.chunk_edges, n)):
             builder.add(src, dst)
@@ -241,6 +242,12 @@ class _Build:
         self.files["indptr"], self.files["indices"] = indptr.close(), indices.close()
         self._phase("sort", t0)
         return csc
+
+    def _id_bound(self) -> int | None:
+        if self.id_map is not None:
+            return None
+        hints = [s.max_id_hint() for s in self.inputs.edges]
+        return None if any(h is None for h in hints) else max(int(h) for h in hints if h is not None) + 1
 
     def _id_chunks(self, rows: int, n: int | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for chunk in self._raw_chunks(rows):

@@ -69,6 +69,10 @@ class EdgeSource(ABC):
         """Row count when the format records it, else a guess from the file size, else None."""
         return None
 
+    def max_id_hint(self) -> int | None:
+        """The largest id when the file records it (Parquet statistics), else None."""
+        return None
+
     def _missing(self, available: Sequence[str]) -> InputError:
         cols = [c for c in (self.src_col, self.dst_col) if c not in available]
         return InputError(
@@ -94,6 +98,19 @@ class ParquetEdges(EdgeSource):
 
     def estimate_rows(self) -> int:
         return int(self._file.metadata.num_rows)
+
+    def max_id_hint(self) -> int | None:
+        meta = self._file.metadata
+        names = self._file.schema_arrow.names
+        cols = [names.index(self.src_col), names.index(self.dst_col)]
+        top = -1
+        for g in range(meta.num_row_groups):
+            for c in cols:
+                stats = meta.row_group(g).column(c).statistics
+                if stats is None or not stats.has_min_max or not isinstance(stats.max, int):
+                    return None
+                top = max(top, stats.max)
+        return top
 
     def _chunks(self, max_rows: int) -> Iterator[EdgeChunk]:
         row = 0

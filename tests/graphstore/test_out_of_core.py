@@ -71,7 +71,7 @@ def test_peak_memory_does_not_grow_with_edges(tmp_path: Path) -> None:
     r_big = run_child(tmp_path, big, budget)
     grow_small = r_small["after"] - r_small["before"]
     grow_big = r_big["after"] - r_big["before"]
-    assert r_big["edges"] == 12_000_000 and r_big["scratch"] > 4 * budget
+    assert r_big["edges"] == 12_000_000 and r_big["scratch"] > 3 * budget
     # Peak growth stays within the budget plus a fixed slack (the allocator keeps freed blocks,
     # numba's thread pool, a Parquet row group), and quadrupling the edges adds no more than a
     # fraction of the budget.
