@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from gnn_ooc.graphstore import Dataset, PreprocessSpec
 from gnn_ooc.graphstore.preprocess import preprocess
 
@@ -188,3 +191,21 @@ def test_rerun_is_a_no_op_until_inputs_or_options_change(tmp_path: Path) -> None
     again = preprocess(s)
     assert not again.skipped and again.manifest.num_edges == 3 and first.manifest.num_edges == 2
     assert {p.name for p in tmp_path.iterdir()} == {"raw", "ds"}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.integers(1, 30).flatmap(lambda n: st.tuples(
+        st.just(n),
+        st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), min_size=1, max_size=80),
+        st.booleans(), st.booleans(), st.booleans(),
+    ))
+)
+def test_property_preprocess_round_trip(tmp_path: Path, case: tuple) -> None:
+    n, edges, undirected, loops, dedup = case
+    src, dst = np.array([e[0] for e in edges]), np.array([e[1] for e in edges])
+    out = Path(tempfile.mkdtemp(dir=tmp_path)) / "ds"
+    raw = write_raw(out.with_suffix(".raw"), src, dst)
+    preprocess(spec(out, raw / "edges.parquet", num_nodes=n, undirected=undirected, drop_self_loops=loops,
+                    dedup=dedup, memory_budget=1 << 20))
+    assert_csc(Dataset.open(out), src, dst, n, undirected=undirected, drop_self_loops=loops, dedup=dedup)
