@@ -127,12 +127,12 @@ class CscBuilder:
         return min(shift, 62)
 
     # --- partition ------------------------------------------------------------------------
-    def add(self, src: np.ndarray, dst: np.ndarray) -> None:
-        """Add validated int64 edges ``src -> dst`` (ids in ``[0, num_nodes)``)."""
+    def add(self, src: np.ndarray, dst: np.ndarray, max_id: int | None = None) -> None:
+        """Add validated int64 edges ``src -> dst`` (ids in ``[0, num_nodes)``; ``max_id`` if known)."""
         if src.shape[0] == 0:
             return
         self.edges_in += src.shape[0]
-        chunk_max = int(max(src.max(), dst.max()))
+        chunk_max = int(max(src.max(), dst.max())) if max_id is None else max_id
         self.max_id = max(self.max_id, chunk_max)
         if self._shift is None:
             nodes = self.id_bound if self.id_bound is not None else 2 * (chunk_max + 1)

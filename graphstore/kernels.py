@@ -154,6 +154,24 @@ def bucket_to_csc(
     return deg, indices[:k].copy()
 
 
+@numba.njit(parallel=True, cache=True, nogil=True)
+def min_max(a: np.ndarray, parts: int) -> tuple[int, int]:
+    """``(min, max)`` of a non-empty integer array in one parallel pass."""
+    bounds = _slices(a.shape[0], parts)
+    lo = np.empty(parts, dtype=np.int64)
+    hi = np.empty(parts, dtype=np.int64)
+    for p in prange(parts):
+        mn, mx = a[0], a[0]
+        for i in range(bounds[p], bounds[p + 1]):
+            v = a[i]
+            if v < mn:
+                mn = v
+            if v > mx:
+                mx = v
+        lo[p], hi[p] = mn, mx
+    return lo.min(), hi.max()
+
+
 @numba.njit(cache=True, nogil=True)
 def first_out_of_range(a: np.ndarray, lo: int, hi: int) -> int:
     """Index of the first value outside ``[lo, hi)``, or -1."""

@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 from gnn_ooc.graphstore.base import CHECKSUM_ALGORITHM, DATA_ALIGNMENT, FileEntry
+from gnn_ooc.graphstore.directio import SequentialWriter
 
 _MAGIC = b"\x93NUMPY\x01\x00"
 _COPY_BLOCK = 8 << 20
@@ -126,7 +127,7 @@ class NpyWriter:
         self._crc = 0
         self._root = Path(root) if root is not None else self.path.parent
         self._logical_dtype = logical_dtype or str(self.dtype)
-        self._file = open(self.path, "wb", buffering=0)
+        self._file = SequentialWriter(self.path)
         self._file.write(b"\0" * DATA_ALIGNMENT)
         self.entry: FileEntry | None = None
 
@@ -138,24 +139,22 @@ class NpyWriter:
             )
         if rows.size == 0:
             return
-        data = np.ascontiguousarray(rows).reshape(-1).data.cast("B")
-        self._crc = zlib.crc32(data, self._crc)
-        write_all(self._file, data)
+        flat = np.ascontiguousarray(rows).reshape(-1)
+        self._crc = zlib.crc32(flat.data.cast("B"), self._crc)
+        self._file.write(flat)
         self.rows += rows.shape[0]
 
     def close(self) -> FileEntry:
         if self.entry is not None:
             return self.entry
         if self.expected_rows is not None and self.rows != self.expected_rows:
-            self._file.close()
+            self._file.abort()
             raise ValueError(f"{self.path}: wrote {self.rows} rows, expected {self.expected_rows}")
         shape = (self.rows, *self.row_shape)
         header = npy_header(self.dtype, shape)
         data_len = self.rows * self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
-        self._file.seek(0)
-        write_all(self._file, memoryview(header))
-        os.fsync(self._file.fileno())
-        self._file.close()
+        self._file.write_at_start(header)
+        self._file.close(fsync=True)
         crc = crc32_combine(zlib.crc32(header), self._crc, data_len)
         self.entry = FileEntry(
             name=str(self.path.relative_to(self._root)),
@@ -167,8 +166,7 @@ class NpyWriter:
         return self.entry
 
     def abort(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        self._file.abort()
 
     def __enter__(self) -> NpyWriter:
         return self

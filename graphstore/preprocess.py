@@ -48,6 +48,7 @@ from gnn_ooc.graphstore.sources import EdgeSource, check_id_range, edge_ids, ope
 import gnn_ooc
 
 Progress = Callable[[str], None]
+_SIDE_MIN_BUDGET = 16 << 20
 T = TypeVar("T")
 
 
@@ -173,6 +174,7 @@ class _Build:
         self.stats: dict[str, Any] = {}
         self.phases: dict[str, float] = {}
         self.id_map: IdMap | None = None
+        self._cancel = threading.Event()
 
     def _phase(self, name: str, t0: float) -> None:
         self.phases[name] = round(self.phases.get(name, 0.0) + time.perf_counter() - t0, 4)
@@ -187,17 +189,33 @@ class _Build:
                 self._phase("remap", t0)
             n = self._known_num_nodes()
             splits = self._read_splits(n) if n is not None else None
-            csc = self._topology(scratch, n)
+            side = self._start_side(n)
+            try:
+                csc = self._topology(scratch, n, concurrent=side is not None)
+            except BaseException:
+                if side is not None:
+                    self._cancel.set()
+                    side.join()
+                raise
         n = csc.num_nodes
+        if side is not None:
+            feature_dim, num_classes = side.result()
+        else:
+            feature_dim, num_classes = self._features(n), self._labels(n)
         if splits is None:
             splits = self._read_splits(n)
-        feature_dim = self._features(n)
-        num_classes = self._labels(n)
         self._splits(splits, n)
         if self.id_map is not None:
             key, entry = self.id_map.write(self.root)
             self.files[key] = entry
         return self._manifest(fingerprint, csc, feature_dim, num_classes)
+
+    def _start_side(self, n: int | None) -> _Side | None:
+        """Copy features and labels in a thread while the topology builds, when N is known."""
+        if n is None or self.spec.memory_budget < _SIDE_MIN_BUDGET:
+            return None
+        known = n
+        return _Side(lambda: (self._features(known), self._labels(known)))
 
     # num_nodes --------------------------------------------------------------------------------
     def _known_num_nodes(self) -> int | None:
@@ -219,16 +237,18 @@ class _Build:
         for source in self.inputs.edges:
             yield from source.chunks(rows)
 
-    def _topology(self, scratch: Path, n: int | None) -> CscStats:
+    def _topology(self, scratch: Path, n: int | None, concurrent: bool) -> CscStats:
         t0 = time.perf_counter()
         spec = self.spec
         expected = sum(s.estimate_rows() or 0 for s in self.inputs.edges) or None
-        builder = CscBuilder(scratch, num_nodes=n, memory_budget=spec.memory_budget, expected_edges=expected,
+        # Features copy alongside (I/O-bound) and keep an eighth of the budget for their blocks.
+        budget = spec.memory_budget - (spec.memory_budget // 8 if concurrent else 0)
+        builder = CscBuilder(scratch, num_nodes=n, memory_budget=budget, expected_edges=expected,
                              undirected=spec.undirected, drop_self_loops=spec.drop_self_loops, dedup=spec.dedup,
                              id_bound=None if n is not None else self._id_bound())
         self.say(f"topology: partitioning edges (budget {spec.memory_budget} B)")
-        for src, dst in _prefetch(self._id_chunks(builder.chunk_edges, n)):
-            builder.add(src, dst)
+        for src, dst, top in _prefetch(self._id_chunks(builder.chunk_edges, n)):
+            builder.add(src, dst, top)
         if builder.edges_in == 0:
             names = ", ".join(str(s.path) for s in self.inputs.edges)
             raise InputError(names, "the edge list is empty", expected="at least one edge")
@@ -249,16 +269,16 @@ class _Build:
         hints = [s.max_id_hint() for s in self.inputs.edges]
         return None if any(h is None for h in hints) else max(int(h) for h in hints if h is not None) + 1
 
-    def _id_chunks(self, rows: int, n: int | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _id_chunks(self, rows: int, n: int | None) -> Iterator[tuple[np.ndarray, np.ndarray, int | None]]:
         for chunk in self._raw_chunks(rows):
             if self.id_map is not None:
                 src = self.id_map.lookup(chunk.src, path=chunk.path, first_row=chunk.first_row, what="src id")
                 dst = self.id_map.lookup(chunk.dst, path=chunk.path, first_row=chunk.first_row, what="dst id")
+                yield src, dst, None
             else:
                 src, dst = edge_ids(chunk, "src"), edge_ids(chunk, "dst")
-                check_id_range(chunk, "src", src, n)
-                check_id_range(chunk, "dst", dst, n)
-            yield src, dst
+                top = max(check_id_range(chunk, "src", src, n), check_id_range(chunk, "dst", dst, n))
+                yield src, dst, top
 
     # features -----------------------------------------------------------------------------------
     def _features(self, n: int) -> int | None:
@@ -270,10 +290,11 @@ class _Build:
         self.say(f"features: copying {n} rows as {self.spec.feature_dtype}")
         conv = _FeatureConverter(self.spec.feature_dtype, self.spec.nan_policy, src.path)
         storage = np.uint16 if self.spec.feature_dtype == "bfloat16" else np.dtype(self.spec.feature_dtype)
-        rows = max(1, self.spec.memory_budget // (16 * 4 * max(1, src.dim or 1)))
+        rows = _feature_block_rows(self.spec.memory_budget, src.dim)
         writer: NpyWriter | None = None
         try:
             for start, block in _prefetch(src.blocks(rows)):
+                self._check_cancel()
                 if block.ndim != 2:
                     raise InputError(src.path, f"rows of shape {block.shape[1:]}", expected="a 2-D feature array [N, D]")
                 if writer is None:
@@ -293,6 +314,10 @@ class _Build:
         self._phase("features", t0)
         return writer.row_shape[0]
 
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise _Cancelled()
+
     # labels -------------------------------------------------------------------------------------
     def _labels(self, n: int) -> int | None:
         src = self.inputs.labels
@@ -302,7 +327,8 @@ class _Build:
         _check_rows(src, n, "label")
         top = -1
         with NpyWriter(self.root / "labels.npy", np.int64, (None,), root=self.root) as w:
-            for start, block in src.blocks(1 << 22):
+            for start, block in src.blocks(1 << 21):
+                self._check_cancel()
                 labels = _labels_block(src.path, block, start)
                 top = max(top, int(labels.max()) if labels.size else -1)
                 w.write(labels)
@@ -407,6 +433,35 @@ class _scratch:
             self._locked.release()
 
 
+class _Cancelled(Exception):
+    """The side work stops because the main build failed."""
+
+
+class _Side:
+    """Run ``fn`` in a thread; ``result`` re-raises its exception in the caller."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name="gnn-ooc-features", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self._result = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised by result()
+            self._error = e
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
 class _FeatureConverter:
     """float blocks to the stored dtype, with the non-finite policy applied."""
 
@@ -418,9 +473,12 @@ class _FeatureConverter:
         if block.dtype.kind not in "fiu":
             raise InputError(self.path, f"features of type {block.dtype}", expected="numeric features")
         x = np.asarray(block, dtype=np.float32)
-        bad = ~np.isfinite(x)
-        if bad.any():
-            x = self._nonfinite(x, bad, block, start)
+        # A sum is finite only if every value is (NaN and inf propagate); only a non-finite sum
+        # (a bad value, or an overflow of large ones) pays for the element-wise test.
+        if not np.isfinite(x.sum(dtype=np.float64)):
+            bad = ~np.isfinite(x)
+            if bad.any():
+                x = self._nonfinite(x, bad, block, start)
         if self.dtype == "float16":
             return self._to_float16(x, start)
         if self.dtype == "bfloat16":
@@ -445,6 +503,13 @@ class _FeatureConverter:
             r, c = (int(i[0]) for i in np.nonzero(~np.isfinite(h)))
             raise InputError(self.path, f"feature column {c} = {float(x[r, c])} overflows float16", expected="|values| <= 65504 for --feature-dtype float16", row=start + r)
         return h
+
+
+def _feature_block_rows(budget: int, dim: int | None) -> int:
+    # 16 MiB blocks stream at disk speed; a small budget gets smaller blocks (a 32nd each:
+    # a block read ahead, one converted, one being written, and their float32 copies).
+    row_bytes = 4 * max(1, dim or 1)
+    return max(1, min(16 << 20, budget // 32) // row_bytes)
 
 
 def _to_bfloat16_bits(x: np.ndarray) -> np.ndarray:

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numba
 import numpy as np
 import pyarrow as pa
 from gnn_ooc.graphstore.base import InputError
+from gnn_ooc.graphstore.kernels import min_max
 
 _CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")
 # Threaded Parquet reads decode every row group ahead (the whole file in memory); a serial
@@ -252,13 +254,13 @@ def _numpy_ids(chunk: EdgeChunk, which: str, arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def check_id_range(chunk: EdgeChunk, which: str, ids: np.ndarray, num_nodes: int | None) -> None:
-    """Raise naming the first row whose id is negative or not below ``num_nodes``."""
+def check_id_range(chunk: EdgeChunk, which: str, ids: np.ndarray, num_nodes: int | None) -> int:
+    """Raise naming the first row whose id is negative or not below ``num_nodes``; else the max id."""
     if ids.size == 0:
-        return
-    lo, hi = int(ids.min()), int(ids.max())
+        return -1
+    lo, hi = (int(v) for v in min_max(ids, numba.get_num_threads()))
     if lo >= 0 and (num_nodes is None or hi < num_nodes):
-        return
+        return hi
     if lo < 0:
         i = int(np.argmax(ids < 0))
         raise InputError(chunk.path, f"{which} id {int(ids[i])} is negative", expected="ids >= 0", row=chunk.first_row + i)
