@@ -175,6 +175,7 @@ class _Build:
         self.phases: dict[str, float] = {}
         self.id_map: IdMap | None = None
         self._cancel = threading.Event()
+        self._side: _Side | None = None
 
     def _phase(self, name: str, t0: float) -> None:
         self.phases[name] = round(self.phases.get(name, 0.0) + time.perf_counter() - t0, 4)
@@ -189,7 +190,7 @@ class _Build:
                 self._phase("remap", t0)
             n = self._known_num_nodes()
             splits = self._read_splits(n) if n is not None else None
-            side = self._start_side(n)
+            side = self._side = self._start_side(n)
             try:
                 csc = self._topology(scratch, n, concurrent=side is not None)
             except BaseException:
@@ -248,6 +249,8 @@ class _Build:
                              id_bound=None if n is not None else self._id_bound())
         self.say(f"topology: partitioning edges (budget {spec.memory_budget} B)")
         for src, dst, top in _prefetch(self._id_chunks(builder.chunk_edges, n)):
+            if self._side is not None:
+                self._side.raise_if_failed()  # bad features stop the run now, not after the sort
             builder.add(src, dst, top)
         if builder.edges_in == 0:
             names = ", ".join(str(s.path) for s in self.inputs.edges)
@@ -454,6 +457,10 @@ class _Side:
 
     def join(self) -> None:
         self._thread.join()
+
+    def raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
 
     def result(self) -> Any:
         self._thread.join()

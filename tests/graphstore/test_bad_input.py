@@ -137,3 +137,13 @@ def test_failed_rebuild_keeps_the_old_dataset(tmp_path: Path) -> None:
         preprocess(PreprocessSpec(output=out, edges=(raw / "edges.parquet",)))
     assert sorted(p.name for p in out.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "raw"]
+
+
+def test_bad_features_stop_a_long_topology_build_early(tmp_path: Path) -> None:
+    feats = np.ones((1000, 4), np.float32)
+    feats[0, 0] = np.nan
+    rng = np.random.default_rng(0)
+    write_raw(tmp_path / "raw", rng.integers(0, 1000, 400_000), rng.integers(0, 1000, 400_000), features=feats,
+              row_group_size=10_000)
+    fails(tmp_path, r"row 0: feature column 0 is nan", features=tmp_path / "raw" / "node_features.npy",
+          memory_budget=32 << 20)
