@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+
 from gnn_ooc.graphstore.base import SPLIT_NAMES, InputError
 from gnn_ooc.graphstore.sources import _PARQUET_BUFFER, _first_line, _is_number, _short
 

@@ -26,9 +26,11 @@ from typing import Iterator
 
 import numba
 import numpy as np
+
 from gnn_ooc.graphstore.base import MemoryBudgetError
+from gnn_ooc.graphstore.directio import write_all
 from gnn_ooc.graphstore.kernels import bucket_to_csc, partition_edges
-from gnn_ooc.graphstore.npyfile import NpyWriter, WriteBehind, write_all
+from gnn_ooc.graphstore.npyfile import NpyWriter, WriteBehind
 
 _INT32_MAX = np.iinfo(np.int32).max
 _MIN_BUDGET = 1 << 20
@@ -156,7 +158,7 @@ class CscBuilder:
         for b, parts in self._buffers.items():
             with open(self._bucket_path(b), "ab", buffering=0) as f:
                 for part in parts:
-                    write_all(f, np.ascontiguousarray(part).reshape(-1).data.cast("B"))
+                    write_all(f.write, np.ascontiguousarray(part).reshape(-1).data.cast("B"))
                     self.spilled_bytes += part.nbytes
             self._spilled.add(b)
         self._buffers.clear()
@@ -267,7 +269,7 @@ class CscBuilder:
             )
             for s in np.flatnonzero(np.diff(offsets)).tolist():
                 with open(paths[s], "ab", buffering=0) as f:
-                    write_all(f, rec[offsets[s] : offsets[s + 1]].reshape(-1).data.cast("B"))
+                    write_all(f.write, rec[offsets[s] : offsets[s + 1]].reshape(-1).data.cast("B"))
                 self.spilled_bytes += int(offsets[s + 1] - offsets[s]) * 2 * self.rec_dtype.itemsize
         parts.clear()
         for s in range(count):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
 from gnn_ooc.graphstore.base import (
     DATA_ALIGNMENT,
     MANIFEST_NAME,

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,7 @@ class SequentialWriter:
         view = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
         self.size += view.size
         if self._buf is None:
-            _write_all(self._fd, view.data.cast("B"))
+            write_all(partial(os.write, self._fd), view.data.cast("B"))
             return
         while view.size:
             take = min(view.size, _STAGING - self._used)
@@ -107,11 +109,9 @@ class SequentialWriter:
 
     def _flush(self, nbytes: int) -> None:
         assert self._mmap is not None
-        written = 0
         view = memoryview(self._mmap)[:nbytes]
         try:
-            while written < nbytes:
-                written += os.write(self._fd, view[written:])
+            write_all(partial(os.write, self._fd), view)
         finally:
             view.release()
         self._used = 0
@@ -128,6 +128,7 @@ def _open(path: Path, direct: bool) -> tuple[int, bool]:
     return os.open(path, flags, 0o644), False
 
 
-def _write_all(fd: int, data: memoryview) -> None:
+def write_all(write: Callable[[memoryview], int], data: memoryview) -> None:
+    """Call ``write`` (``os.write`` on a descriptor, a raw file's ``write``) until all bytes are down."""
     while len(data):
-        data = data[os.write(fd, data) :]
+        data = data[write(data) :]

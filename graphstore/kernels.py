@@ -170,12 +170,3 @@ def min_max(a: np.ndarray, parts: int) -> tuple[int, int]:
                 mx = v
         lo[p], hi[p] = mn, mx
     return lo.min(), hi.max()
-
-
-@numba.njit(cache=True, nogil=True)
-def first_out_of_range(a: np.ndarray, lo: int, hi: int) -> int:
-    """Index of the first value outside ``[lo, hi)``, or -1."""
-    for i in range(a.shape[0]):
-        if a[i] < lo or a[i] >= hi:
-            return i
-    return -1

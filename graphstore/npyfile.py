@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Sequence
 
 import numpy as np
+
 from gnn_ooc.graphstore.base import CHECKSUM_ALGORITHM, DATA_ALIGNMENT, FileEntry
 from gnn_ooc.graphstore.directio import SequentialWriter
 
@@ -210,14 +211,6 @@ class WriteBehind:
         finally:
             self._pending.clear()
             self._pool.shutdown(wait=True)
-
-
-def write_all(f: object, data: memoryview) -> None:
-    # Unbuffered raw files may write less than asked; loop until all bytes are down.
-    write = f.write  # type: ignore[attr-defined]
-    while len(data):
-        n = write(data)
-        data = data[n:]
 
 
 def write_array(

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
+
+import gnn_ooc
 from gnn_ooc.graphstore.arrays import RowSource, find_split_files, open_rows, read_split
 from gnn_ooc.graphstore.atomic import LockedDir, Staging, remove_stale
 from gnn_ooc.graphstore.base import (
@@ -44,8 +46,6 @@ from gnn_ooc.graphstore.dataset import Dataset
 from gnn_ooc.graphstore.npyfile import NpyWriter, write_array, write_bytes_entry
 from gnn_ooc.graphstore.remap import IdMap
 from gnn_ooc.graphstore.sources import EdgeSource, check_id_range, edge_ids, open_edge_sources
-
-import gnn_ooc
 
 Progress = Callable[[str], None]
 _SIDE_MIN_BUDGET = 16 << 20
@@ -190,17 +190,17 @@ class _Build:
                 self._phase("remap", t0)
             n = self._known_num_nodes()
             splits = self._read_splits(n) if n is not None else None
-            side = self._side = self._start_side(n)
+            self._side = self._start_side(n)
             try:
-                csc = self._topology(scratch, n, concurrent=side is not None)
+                csc = self._topology(scratch, n)
             except BaseException:
-                if side is not None:
+                if self._side is not None:
                     self._cancel.set()
-                    side.join()
+                    self._side.join()
                 raise
         n = csc.num_nodes
-        if side is not None:
-            feature_dim, num_classes = side.result()
+        if self._side is not None:
+            feature_dim, num_classes = self._side.result()
         else:
             feature_dim, num_classes = self._features(n), self._labels(n)
         if splits is None:
@@ -238,12 +238,12 @@ class _Build:
         for source in self.inputs.edges:
             yield from source.chunks(rows)
 
-    def _topology(self, scratch: Path, n: int | None, concurrent: bool) -> CscStats:
+    def _topology(self, scratch: Path, n: int | None) -> CscStats:
         t0 = time.perf_counter()
         spec = self.spec
         expected = sum(s.estimate_rows() or 0 for s in self.inputs.edges) or None
         # Features copy alongside (I/O-bound) and keep an eighth of the budget for their blocks.
-        budget = spec.memory_budget - (spec.memory_budget // 8 if concurrent else 0)
+        budget = spec.memory_budget - (spec.memory_budget // 8 if self._side is not None else 0)
         builder = CscBuilder(scratch, num_nodes=n, memory_budget=budget, expected_edges=expected,
                              undirected=spec.undirected, drop_self_loops=spec.drop_self_loops, dedup=spec.dedup,
                              id_bound=None if n is not None else self._id_bound())
@@ -464,8 +464,7 @@ class _Side:
 
     def result(self) -> Any:
         self._thread.join()
-        if self._error is not None:
-            raise self._error
+        self.raise_if_failed()
         return self._result
 
 

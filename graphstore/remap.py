@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from gnn_ooc.graphstore.base import FileEntry, InputError, MemoryBudgetError
 from gnn_ooc.graphstore.npyfile import file_checksum, write_array
 from gnn_ooc.graphstore.sources import EdgeChunk

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Sequence
 import numba
 import numpy as np
 import pyarrow as pa
+
 from gnn_ooc.graphstore.base import InputError
 from gnn_ooc.graphstore.kernels import min_max
 

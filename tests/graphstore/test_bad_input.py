@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from gnn_ooc.graphstore import InputError, PreprocessSpec
 from gnn_ooc.graphstore.preprocess import preprocess
-
 from tests.conftest import write_raw
 
 

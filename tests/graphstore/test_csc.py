@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gnn_ooc.graphstore.csc import CscBuilder, index_dtype
-from gnn_ooc.graphstore.npyfile import NpyWriter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gnn_ooc.graphstore.csc import CscBuilder, index_dtype
+from gnn_ooc.graphstore.npyfile import NpyWriter
 from tests.conftest import random_graph, reference_csc
 
 

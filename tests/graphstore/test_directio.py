@@ -5,9 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gnn_ooc.graphstore.directio import SequentialWriter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from gnn_ooc.graphstore.directio import SequentialWriter
 
 
 @pytest.mark.parametrize("direct", [True, False])

@@ -5,6 +5,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gnn_ooc.graphstore.base import DATA_ALIGNMENT
 from gnn_ooc.graphstore.npyfile import (
     NpyWriter,
@@ -13,8 +16,6 @@ from gnn_ooc.graphstore.npyfile import (
     format_checksum,
     npy_header,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 @given(st.binary(max_size=300), st.binary(max_size=300))

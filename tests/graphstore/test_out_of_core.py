@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from gnn_ooc.graphstore import Dataset
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,11 +10,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from gnn_ooc.graphstore import Dataset, PreprocessSpec
-from gnn_ooc.graphstore.preprocess import preprocess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gnn_ooc.graphstore import Dataset, PreprocessSpec
+from gnn_ooc.graphstore.preprocess import preprocess
 from tests.conftest import random_graph, reference_csc, write_raw
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
 from gnn_ooc.graphstore import Dataset
 from gnn_ooc.tools.cli import main
-
 from tests.conftest import SHARED, reference_csc
 
 CASES = {

@@ -9,15 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import gnn_ooc.tools.synth as synth_mod
 import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from gnn_ooc.tools.synth import SynthConfig, synth
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import gnn_ooc.tools.synth as synth_mod
+from gnn_ooc.tools.synth import SynthConfig, synth
 
 # Small enough to be quick, large enough for the statistics below; tiny chunks so that edges
 # span 8 row groups and nodes 12 chunks, which exercises every chunk boundary.
