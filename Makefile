@@ -30,7 +30,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 typecheck: setup
-	$(BIN)/python -m mypy src graphstore tools
+	$(BIN)/python -m mypy src graphstore sampler tools
 
 lint: setup
 	$(BIN)/python -m ruff check src graphstore sampler trainer cuda tools tests

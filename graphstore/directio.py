@@ -35,8 +35,9 @@ _STAGING = 8 << 20
 class SequentialWriter:
     """Append-only writer; ``write_at_start`` rewrites the first aligned block (a header)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, direct: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, direct: bool = True, staging: int = _STAGING) -> None:
         self.path = Path(path)
+        self._staging = max(_ALIGN, staging // _ALIGN * _ALIGN)
         self.size = 0
         self._fd, self.direct = _open(self.path, direct)
         self._mmap: mmap.mmap | None = None
@@ -44,7 +45,7 @@ class SequentialWriter:
         self._used = 0
         self._sealed = False
         if self.direct:
-            self._mmap = mmap.mmap(-1, _STAGING)
+            self._mmap = mmap.mmap(-1, self._staging)
             self._buf = np.frombuffer(self._mmap, dtype=np.uint8)
 
     def write(self, data: Any) -> None:
@@ -56,12 +57,12 @@ class SequentialWriter:
             write_all(partial(os.write, self._fd), view.data.cast("B"))
             return
         while view.size:
-            take = min(view.size, _STAGING - self._used)
+            take = min(view.size, self._staging - self._used)
             self._buf[self._used : self._used + take] = view[:take]
             self._used += take
             view = view[take:]
-            if self._used == _STAGING:
-                self._flush(_STAGING)
+            if self._used == self._staging:
+                self._flush(self._staging)
 
     def write_at_start(self, block: bytes) -> None:
         """Overwrite the first ``len(block)`` bytes (a multiple of 4096) after the last write."""

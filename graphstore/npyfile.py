@@ -119,6 +119,7 @@ class NpyWriter:
         *,
         root: str | os.PathLike[str] | None = None,
         logical_dtype: str | None = None,
+        staging: int = 8 << 20,
     ) -> None:
         self.path = Path(path)
         self.dtype = np.dtype(dtype)
@@ -128,7 +129,7 @@ class NpyWriter:
         self._crc = 0
         self._root = Path(root) if root is not None else self.path.parent
         self._logical_dtype = logical_dtype or str(self.dtype)
-        self._file = SequentialWriter(self.path)
+        self._file = SequentialWriter(self.path, staging=staging)
         self._file.write(b"\0" * DATA_ALIGNMENT)
         self.entry: FileEntry | None = None
 

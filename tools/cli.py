@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_verify(sub)
     _add_synth(sub)
+    _add_sample(sub)
     return parser
 
 
@@ -213,6 +214,69 @@ def _run_synth(args: argparse.Namespace) -> int:
     values = {k: v for k, v in vars(args).items() if k in names and v is not None}
     summary = synth(args.out, SynthConfig(**values), progress=_say, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+# --- sample ----------------------------------------------------------------------------------------
+def _add_sample(sub: Any) -> None:
+    from gnn_ooc.sampler.factory import SAMPLERS
+
+    p = sub.add_parser("sample", help="plan epochs offline: sampled batches and access counts in DATASET/plans/NAME",
+                       description="Sample every epoch's shuffled batches ahead of training and store them compactly.")
+    p.add_argument("dataset", type=Path)
+    p.add_argument("--fanouts", required=True, help="per hop from the seeds, e.g. 15,10,5 (-1 = all neighbours)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="neighbor", help="for layerwise, --fanouts are new nodes per hop")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--epochs", type=int, default=1, help="how many epochs to plan")
+    p.add_argument("--start-epoch", type=int, default=0, help="first epoch to plan (grow a plan incrementally)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="default", help="plan name (folder under DATASET/plans)")
+    p.add_argument("--split", default="train", help="which split's nodes are the seeds")
+    p.add_argument("--drop-last", action="store_true", help="drop the last, smaller batch")
+    p.add_argument("--keep-epochs", type=int, help="keep at most this many epochs on disk (the newest)")
+    p.add_argument("--weights", type=Path, help=".npy of one non-negative weight per CSC edge (weighted sampling)")
+    p.add_argument("--edge-ids", action="store_true", help="store global edge ids too")
+    p.add_argument("--threads", type=int, help="sampling threads (default: all cores)")
+    p.add_argument("--memory-budget", type=parse_size, default=1 << 30, help="e.g. 512M, 8G (default 1G)")
+    p.add_argument("--force", action="store_true", help="replace a plan made with other settings")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=_run_sample)
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from gnn_ooc.graphstore.dataset import Dataset
+    from gnn_ooc.sampler.factory import make_sampler
+    from gnn_ooc.sampler.plan import Planner, PlanSpec
+
+    from gnn_ooc.sampler.base import SamplerError, parse_fanouts
+
+    if args.epochs < 1 or args.start_epoch < 0:
+        raise ValueError("--epochs must be >= 1 and --start-epoch >= 0")
+    try:
+        parse_fanouts(args.fanouts)
+    except SamplerError as e:
+        raise ValueError(f"--fanouts: {e}") from None
+    ds = Dataset.open(args.dataset)
+    sampler = make_sampler(ds, args.sampler, args.fanouts, weights=args.weights, edge_ids=args.edge_ids)
+    spec = PlanSpec(name=args.name, batch_size=args.batch_size, split=args.split, seed=args.seed,
+                    drop_last=args.drop_last, threads=args.threads, memory_budget=args.memory_budget)
+    planner = Planner(ds, sampler, spec, force=args.force, progress=_say)
+    epochs = []
+    for e in range(args.start_epoch, args.start_epoch + args.epochs):
+        stats = planner.plan_epoch(e)
+        epochs.append({"epoch": e, "skipped": stats is None, **({} if stats is None else dataclasses.asdict(stats))})
+        if args.keep_epochs is not None:
+            planner.keep_latest(args.keep_epochs)
+    summary = {"plan": str(planner.path), "batches_per_epoch": planner.num_batches,
+               "on_disk": planner.plan.epochs(), "epochs": epochs}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        done = [x for x in epochs if not x["skipped"]]
+        edges = sum(x["edges"] for x in done)
+        secs = sum(x["seconds"] for x in done)
+        print(f"{planner.path}: {len(done)} epochs planned ({len(epochs) - len(done)} already there), "
+              f"{planner.num_batches} batches each, {edges:,} edges in {secs:.2f} s; on disk: {planner.plan.epochs()}")
     return 0
 
 

@@ -52,3 +52,23 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "no edges" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["preprocess", "--edges", "x", "-o", "y", "--memory-budget", "lots"])
+
+
+def test_sample_plans_grows_keeps_and_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(0)
+    raw = write_raw(tmp_path / "raw", rng.integers(0, 200, 2000), rng.integers(0, 200, 2000),
+                    splits={"train": np.arange(150)})
+    ds = tmp_path / "ds"
+    assert main(["preprocess", str(raw), "-o", str(ds), "--num-nodes", "200"]) == 0
+    capsys.readouterr()
+    args = ["sample", str(ds), "--fanouts", "5,3", "--batch-size", "32", "--seed", "1", "--name", "p"]
+    assert main([*args, "--epochs", "3", "--keep-epochs", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["batches_per_epoch"] == 5 and out["on_disk"] == [1, 2]
+    assert all(e["edges"] > 0 and not e["skipped"] for e in out["epochs"])
+    assert main([*args, "--start-epoch", "3", "--epochs", "1", "--keep-epochs", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["on_disk"] == [2, 3]
+    assert main(["sample", str(ds), "--fanouts", "4", "--name", "p"]) == 1  # other settings: refused
+    assert "exists with other sampler" in capsys.readouterr().err
+    assert main(["sample", str(ds), "--fanouts", "0", "--name", "q"]) == 2  # bad flag value
+    assert main(["sample", str(ds), "--fanouts", "20,20", "--sampler", "layerwise", "--name", "lw"]) == 0

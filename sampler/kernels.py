@@ -1,0 +1,297 @@
+"""Numba kernels of the neighbour sampler: counter-based random numbers, per-node draws, relabelling.
+
+Every random number is ``mix(node_key(key, v) + counter)``: a function of (batch key, node,
+draw index) only, so a batch is the same whatever the thread count or the order nodes are
+visited. Each hop runs in three steps: count (parallel over the frontier), draw (parallel over
+the frontier; each node's sampled positions come out sorted, which keeps reads of ``indices``
+sequential within a node), relabel (serial; global ids to local ids in edge order through an
+open-addressing hash table, so memory follows the sample, not the graph).
+
+The ``*_serial`` variants are the same code compiled without ``parallel`` for callers that
+parallelise over batches with threads (numba's default threading layer is not re-entrant).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_EMPTY = np.int64(-1)
+
+
+@njit(inline="always", cache=True)
+def mix(x: int) -> int:
+    """splitmix64's finaliser (the same as ``base.splitmix64``)."""
+    x = x + GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(inline="always", cache=True)
+def node_key(key: int, node: int) -> int:
+    return mix(key ^ mix(np.uint64(node)))
+
+
+@njit(inline="always", cache=True)
+def draw(state: int, i: int) -> int:
+    """The ``i``-th 64-bit random number of a node's stream."""
+    return mix(state + np.uint64(i) * GOLDEN)
+
+
+@njit(inline="always", cache=True)
+def below(r: int, n: int) -> int:
+    """A number in [0, n) from 64 random bits (multiply-shift; bias below n / 2**32)."""
+    if n < np.int64(1) << np.int64(32):
+        return np.int64(((r >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32))
+    return np.int64(r % np.uint64(n))
+
+
+@njit(inline="always", cache=True)
+def unit(r: int) -> float:
+    """A float in (0, 1] from 64 random bits."""
+    return (np.float64(r >> np.uint64(11)) + 1.0) * (1.0 / 9007199254740992.0)
+
+
+# --- per-node draws ---------------------------------------------------------------------------------
+@njit(inline="always", cache=True)
+def _uniform_positions(state: int, deg: int, k: int, out: np.ndarray, at: int) -> None:
+    """Floyd's algorithm: k distinct positions of [0, deg), written sorted into out[at:at+k]."""
+    n = np.int64(0)
+    for j in range(deg - k, deg):
+        t = below(draw(state, j), j + 1)
+        lo, hi = np.int64(0), n
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if out[at + mid] < t:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < n and out[at + lo] == t:
+            out[at + n] = j  # t taken: j is larger than all taken so far, so it goes last
+        else:
+            for m in range(n, lo, -1):
+                out[at + m] = out[at + m - 1]
+            out[at + lo] = t
+        n += 1
+
+
+@njit(inline="always", cache=True)
+def _positive(weights: np.ndarray, start: int, end: int) -> int:
+    c = np.int64(0)
+    for p in range(start, end):
+        if weights[p] > 0:
+            c += 1
+    return c
+
+
+@njit(inline="always", cache=True)
+def _weighted_positions(
+    state: int, weights: np.ndarray, start: int, deg: int, k: int,
+    out: np.ndarray, at: int, heap_key: np.ndarray, heap_pos: np.ndarray,
+) -> None:
+    """Efraimidis-Spirakis: the k positions with the smallest Exp(1)/w keys, written sorted.
+
+    A max-heap of size k keeps the best keys; zero weights never enter.
+    """
+    n = np.int64(0)
+    for j in range(deg):
+        w = weights[start + j]
+        if not w > 0:
+            continue
+        key = -np.log(unit(draw(state, j))) / w
+        if n < k:
+            i = n
+            n += 1
+            while i > 0 and heap_key[(i - 1) >> 1] < key:
+                heap_key[i], heap_pos[i] = heap_key[(i - 1) >> 1], heap_pos[(i - 1) >> 1]
+                i = (i - 1) >> 1
+            heap_key[i], heap_pos[i] = key, j
+        elif key < heap_key[0]:
+            i = np.int64(0)
+            while True:
+                c = 2 * i + 1
+                if c >= k:
+                    break
+                if c + 1 < k and heap_key[c + 1] > heap_key[c]:
+                    c += 1
+                if heap_key[c] <= key:
+                    break
+                heap_key[i], heap_pos[i] = heap_key[c], heap_pos[c]
+                i = c
+            heap_key[i], heap_pos[i] = key, j
+    sel = np.sort(heap_pos[:n])
+    for i in range(n):
+        out[at + i] = sel[i]
+
+
+# --- one hop ----------------------------------------------------------------------------------------
+def _counts_impl(indptr, weights, weighted, frontier, fanout, starts, degs, counts):
+    for i in prange(frontier.shape[0]):
+        v = frontier[i]
+        start, end = indptr[v], indptr[v + 1]
+        starts[i], degs[i] = start, end - start
+        avail = _positive(weights, start, end) if weighted else end - start
+        counts[i] = avail if fanout < 0 or avail <= fanout else fanout
+
+
+def _draw_impl(weights, weighted, frontier, key, starts, degs, offsets, pos):
+    for i in prange(frontier.shape[0]):
+        at, k = offsets[i], offsets[i + 1] - offsets[i]
+        start, deg = starts[i], degs[i]
+        if k == deg:
+            for j in range(k):
+                pos[at + j] = start + j
+            continue
+        if weighted:
+            _weighted_draw(weights, key, frontier[i], start, deg, k, pos, at)
+        else:
+            _uniform_positions(node_key(key, frontier[i]), deg, k, pos, at)
+        for j in range(at, at + k):
+            pos[j] += start
+
+
+@njit(inline="always", cache=True)
+def _weighted_draw(weights, key, v, start, deg, k, pos, at):
+    if _positive(weights, start, start + deg) == k:
+        c = at  # no more positive weights than the fan-out: take every one of them
+        for j in range(deg):
+            if weights[start + j] > 0:
+                pos[c] = j
+                c += 1
+        return
+    hk = np.empty(k, np.float64)
+    hp = np.empty(k, np.int64)
+    _weighted_positions(node_key(key, v), weights, start, deg, k, pos, at, hk, hp)
+
+
+def _gather_impl(indices, pos, nbr):
+    # A tight loop of independent loads lets the CPU keep many cache misses in flight.
+    for j in prange(pos.shape[0]):
+        nbr[j] = indices[pos[j]]
+
+
+_counts_par = njit(parallel=True, cache=True, nogil=True)(_counts_impl)
+_counts_ser = njit(cache=True, nogil=True)(_counts_impl)
+_draw_par = njit(parallel=True, cache=True, nogil=True)(_draw_impl)
+_draw_ser = njit(cache=True, nogil=True)(_draw_impl)
+_gather_par = njit(parallel=True, cache=True, nogil=True)(_gather_impl)
+_gather_ser = njit(cache=True, nogil=True)(_gather_impl)
+
+
+# --- relabelling ------------------------------------------------------------------------------------
+@njit(inline="always", cache=True)
+def _slot(key: int, shift: int) -> int:
+    return np.int64((np.uint64(key) * GOLDEN) >> shift)
+
+
+@njit(cache=True, nogil=True)
+def _new_table(nodes: np.ndarray, n: int, need: int) -> tuple[np.ndarray, int]:
+    """An open-addressing table of (global id, local id) pairs side by side (one cache line per probe)."""
+    bits = 4
+    while (np.int64(1) << bits) < need:
+        bits += 1
+    table = np.full(np.int64(2) << bits, _EMPTY, np.int64)
+    shift = np.uint64(64 - bits)
+    mask = (np.int64(1) << bits) - 1
+    for i in range(n):
+        s = _slot(nodes[i], shift)
+        while table[2 * s] != _EMPTY:
+            s = (s + 1) & mask
+        table[2 * s], table[2 * s + 1] = nodes[i], i
+    return table, shift
+
+
+@njit(cache=True, nogil=True)
+def _relabel(nbr: np.ndarray, e0: int, table: np.ndarray, shift: int, nodes: np.ndarray,
+             n: int, row: np.ndarray) -> tuple[int, int]:
+    """Local id of neighbours ``e0..`` into ``row``; new ids appended to ``nodes`` in order of first use.
+
+    Stops early (returning the next edge and the node count) when the table is half full.
+    """
+    mask = (table.shape[0] >> 1) - 1
+    full = (mask + 1) >> 1
+    for e in range(e0, nbr.shape[0]):
+        if n >= full:
+            return e, n
+        u = np.int64(nbr[e])
+        s = _slot(u, shift)
+        while True:
+            k = table[2 * s]
+            if k == u:
+                row[e] = table[2 * s + 1]
+                break
+            if k == _EMPTY:
+                table[2 * s], table[2 * s + 1] = u, n
+                nodes[n] = u
+                row[e] = n
+                n += 1
+                break
+            s = (s + 1) & mask
+    return nbr.shape[0], n
+
+
+def sample_layers(indptr, indices, weights, seeds, fanouts, key, want_edges, parallel):
+    """Sample ``len(fanouts)`` hops from ``seeds``; returns node, row, col, edge, hop node/edge counts.
+
+    Called from Python; the per-hop steps are compiled kernels (parallel over the frontier when
+    ``parallel``), so the only Python work is a few calls and allocations per hop.
+    """
+    counts_k, draw_k, gather_k = (_counts_par, _draw_par, _gather_par) if parallel else (_counts_ser, _draw_ser, _gather_ser)
+    weighted = weights is not None
+    w = weights if weighted else np.empty(0, np.float32)
+    ukey = np.uint64(key)
+    nodes = np.empty(max(16, seeds.shape[0] * 2), np.int64)
+    nodes[: seeds.shape[0]] = seeds
+    n = seeds.shape[0]
+    table, shift = _new_table(nodes, n, 4 * n)
+    rows, cols, edges, hop_nodes, hop_edges = [], [], [], [n], []
+    lo = 0
+    for fanout in fanouts:
+        frontier = nodes[lo:n]
+        f = frontier.shape[0]
+        starts, degs, cnt = np.empty(f, np.int64), np.empty(f, np.int64), np.empty(f, np.int64)
+        counts_k(indptr, w, weighted, frontier, fanout, starts, degs, cnt)
+        offsets = np.zeros(f + 1, np.int64)
+        np.cumsum(cnt, out=offsets[1:])
+        ne = int(offsets[-1])
+        pos = np.empty(ne, np.int64)
+        draw_k(w, weighted, frontier, ukey, starts, degs, offsets, pos)
+        nbr = np.empty(ne, indices.dtype)
+        gather_k(indices, pos, nbr)
+        if n + ne > nodes.shape[0]:
+            grown = np.empty(max(2 * nodes.shape[0], n + ne), np.int64)
+            grown[:n] = nodes[:n]
+            nodes = grown
+        row = np.empty(ne, np.int64)
+        n_before, e = n, 0
+        while e < ne:
+            e, n = _relabel(nbr, e, table, shift, nodes, n, row)
+            if e < ne:  # half full: double it and go on
+                table, shift = _new_table(nodes, n, table.shape[0])
+        rows.append(row)
+        cols.append(np.repeat(np.arange(lo, n_before, dtype=np.int64), cnt))
+        if want_edges:
+            edges.append(pos)
+        hop_nodes.append(n - n_before)
+        hop_edges.append(ne)
+        lo = n_before
+    cat = _concat
+    return (nodes[:n].copy(), cat(rows), cat(cols), cat(edges) if want_edges else None,
+            tuple(hop_nodes), tuple(hop_edges))
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def set_threads(threads: int | None) -> int:
+    """Set numba's thread count for this thread; returns the previous count."""
+    prev = numba.get_num_threads()
+    if threads is not None:
+        numba.set_num_threads(max(1, min(int(threads), int(getattr(numba.config, "NUMBA_NUM_THREADS", 1)))))
+    return prev

@@ -1,0 +1,713 @@
+"""Offline epoch plans: every epoch's shuffled batches sampled ahead and stored compactly on disk.
+
+A plan lives in ``DATASET/plans/<name>/``::
+
+    plan.json                  format, version, the dataset's identity, the sampler's settings, batching
+    epoch-000003/epoch.json    files with sizes and CRC-32, counts, timings
+    epoch-000003/index.npy     int64 [B, 3 + (L+1) + L]: node, edge and fan-in offsets of each batch,
+                               then its per-hop node counts (seeds first) and per-hop edge counts
+    epoch-000003/nodes.npy     global ids of every batch's nodes, seeds first (dataset index dtype)
+    epoch-000003/rows.npy      int32 local source id of every sampled edge
+    epoch-000003/fanin.npy     int32 edges into each expanded node (the destinations: ``col`` is
+                               ``repeat(arange(n_expanded), fanin)``, so it is not stored)
+    epoch-000003/edge_ids.npy  int64 global edge ids                             (when asked for)
+    epoch-000003/access.npy    how often each node is in a batch this epoch (smallest uint that fits)
+    totals-000004/             access.npy (uint32 [N]) summed over the epochs listed in epochs.json
+
+Batch ``b`` of epoch ``e`` is the sampler's output for the ``b``-th slice of the split shuffled
+by ``(seed, e)``, under ``SampleKey(seed, e, b)``: fresh samples every epoch, reproducible one by
+one. Every epoch folder is written under a lock and renamed into place; totals are versioned
+folders, so a crash never leaves a half epoch or double-counted totals.
+
+Example:
+    >>> plan = plan_epochs("data/cora", NeighborSampler(ds, [10, 5]), epochs=range(2))   # doctest: +SKIP
+    >>> for sub in plan.epoch(0):                                                       # doctest: +SKIP
+    ...     sub.blocks
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import shutil
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from gnn_ooc.graphstore.atomic import LockedDir, Staging, _fsync_dir, remove_stale
+from gnn_ooc.graphstore.base import GnnOocError, MemoryBudgetError
+from gnn_ooc.graphstore.dataset import Dataset
+from gnn_ooc.graphstore.npyfile import (
+    NpyWriter,
+    WriteBehind,
+    file_checksum,
+    write_array,
+    write_bytes_entry,
+)
+from gnn_ooc.sampler.base import SampledSubgraph, SampleKey, Sampler
+
+PLAN_FORMAT = "gnn-ooc-plan"
+PLAN_VERSION = 1
+PLAN_JSON = "plan.json"
+EPOCH_JSON = "epoch.json"
+WRITER_STAGING = 2 << 20  # per output file; 4 files
+_EPOCH_RE = re.compile(r"^epoch-(\d{6})$")
+_TOTALS_RE = re.compile(r"^totals-(\d{6})$")
+
+Progress = Callable[[str], None]
+
+
+class PlanError(GnnOocError):
+    """A plan is missing, corrupt, or does not belong to this dataset or sampler."""
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """How batches are formed; the defaults here are the only defaults.
+
+    Example:
+        >>> PlanSpec(batch_size=512).batch_size
+        512
+    """
+
+    name: str = "default"
+    batch_size: int = 1024
+    split: str = "train"
+    seed: int = 0
+    drop_last: bool = False
+    threads: int | None = None
+    memory_budget: int = 1 << 30
+
+    def batching(self) -> dict[str, Any]:
+        """The settings that shape the batches (a plan refuses to grow with other ones)."""
+        return {"batch_size": self.batch_size, "split": self.split, "seed": self.seed, "drop_last": self.drop_last}
+
+
+def dataset_identity(ds: Dataset) -> str:
+    """A digest of what a plan depends on: node count and the topology and split files' checksums."""
+    keys = sorted(k for k in ds.manifest.files if k in ("indptr", "indices") or k.startswith("split/"))
+    items = [f"{k}:{ds.manifest.files[k].size}:{ds.manifest.files[k].checksum}" for k in keys]
+    return hashlib.sha256("\n".join([str(ds.num_nodes), *items]).encode()).hexdigest()[:32]
+
+
+def epoch_order(seeds: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled seed order of one epoch (a function of seed and epoch only)."""
+    return np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(seeds)
+
+
+# --- reading ---------------------------------------------------------------------------------------
+class EpochPlan:
+    """One planned epoch: ``len`` batches, each read back as a ``SampledSubgraph`` from memory maps."""
+
+    def __init__(self, path: Path, epoch: int, num_layers: int) -> None:
+        self.path = path
+        self.epoch = epoch
+        self.num_layers = num_layers
+        meta = _read_json(path / EPOCH_JSON)
+        self.meta = meta
+        for entry in meta["files"].values():
+            _check_size(path / entry["name"], entry["size"])
+        self.index = np.load(path / "index.npy", mmap_mode="r")
+        self._nodes = np.load(path / "nodes.npy", mmap_mode="r")
+        self._rows = np.load(path / "rows.npy", mmap_mode="r")
+        self._fanin = np.load(path / "fanin.npy", mmap_mode="r")
+        self._edges = np.load(path / "edge_ids.npy", mmap_mode="r") if "edge_ids" in meta["files"] else None
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0]) - 1
+
+    def __iter__(self) -> Iterator[SampledSubgraph]:
+        for b in range(len(self)):
+            yield self.batch(b)
+
+    def batch(self, b: int) -> SampledSubgraph:
+        if not 0 <= b < len(self):
+            raise IndexError(f"{self.path}: batch {b} out of range (the epoch has {len(self)})")
+        lo, hi = self.index[b], self.index[b + 1]
+        hops = self.num_layers
+        hop_nodes = tuple(int(x) for x in lo[3 : 3 + hops + 1])
+        hop_edges = tuple(int(x) for x in lo[4 + hops :])
+        fanin = np.asarray(self._fanin[lo[2] : hi[2]], dtype=np.int64)
+        col = np.repeat(np.arange(fanin.shape[0], dtype=np.int64), fanin)
+        edge = None if self._edges is None else np.asarray(self._edges[lo[1] : hi[1]], dtype=np.int64)
+        return SampledSubgraph(
+            node=np.asarray(self._nodes[lo[0] : hi[0]], dtype=np.int64),
+            row=np.asarray(self._rows[lo[1] : hi[1]], dtype=np.int64),
+            col=col, num_sampled_nodes=hop_nodes, num_sampled_edges=hop_edges, edge=edge,
+        )
+
+    def seeds(self, b: int) -> np.ndarray:
+        """Batch ``b``'s seed ids without reading its edges."""
+        start, count = int(self.index[b, 0]), int(self.index[b, 3])
+        return np.asarray(self._nodes[start : start + count], dtype=np.int64)
+
+    def access_counts(self) -> np.ndarray:
+        """How many batches of this epoch hold each node (memory-mapped, [N])."""
+        return np.load(self.path / "access.npy", mmap_mode="r")
+
+    def verify(self) -> None:
+        """Recompute every file's checksum; raises ``PlanError`` naming the first corrupt one."""
+        for entry in self.meta["files"].values():
+            path = self.path / entry["name"]
+            _check_size(path, entry["size"])
+            if file_checksum(path) != entry["checksum"]:
+                raise PlanError(f"{path}: checksum differs from {self.path / EPOCH_JSON}")
+
+
+class Plan:
+    """A plan folder. ``Plan.open`` checks it belongs to the dataset (and, if given, the sampler)."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = meta
+
+    @staticmethod
+    def path_for(dataset: Dataset | str | os.PathLike[str], name: str) -> Path:
+        root = dataset.path if isinstance(dataset, Dataset) else Path(dataset)
+        return root / "plans" / name
+
+    @classmethod
+    def open(cls, dataset: Dataset | str | os.PathLike[str], name: str = "default",
+             sampler: Sampler | None = None) -> Plan:
+        ds = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
+        path = cls.path_for(ds, name)
+        if not (path / PLAN_JSON).is_file():
+            raise PlanError(f"{path}: no plan here (run gnn-ooc sample {ds.path} --name {name})")
+        meta = _read_json(path / PLAN_JSON)
+        if meta.get("format") != PLAN_FORMAT or meta.get("version") != PLAN_VERSION:
+            raise PlanError(f"{path / PLAN_JSON}: not a version-{PLAN_VERSION} {PLAN_FORMAT}; sample it again")
+        plan = cls(path, meta)
+        plan.check_dataset(ds)
+        if sampler is not None:
+            plan.check_sampler(sampler)
+        return plan
+
+    def check_dataset(self, ds: Dataset) -> None:
+        ident = dataset_identity(ds)
+        if self.meta["dataset"]["identity"] != ident:
+            raise PlanError(
+                f"{self.path}: planned for dataset {self.meta['dataset']['path']} (identity "
+                f"{self.meta['dataset']['identity']}), not {ds.path} (identity {ident}); sample it again"
+            )
+
+    def check_sampler(self, sampler: Sampler) -> None:
+        want = _jsonable(sampler.settings())
+        if self.meta["sampler"] != want:
+            raise PlanError(f"{self.path}: planned with sampler {self.meta['sampler']}, not {want}")
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.meta["num_layers"])
+
+    @property
+    def num_batches(self) -> int:
+        return int(self.meta["num_batches"])
+
+    def epochs(self) -> list[int]:
+        """The epochs on disk now, in order."""
+        return sorted(int(m.group(1)) for p in self.path.iterdir() if (m := _EPOCH_RE.match(p.name)))
+
+    def epoch(self, e: int) -> EpochPlan:
+        path = self.path / _epoch_dir(e)
+        if not path.is_dir():
+            raise PlanError(f"{path}: epoch {e} is not planned (on disk: {self.epochs()})")
+        return EpochPlan(path, e, self.num_layers)
+
+    def totals(self) -> tuple[list[int], np.ndarray]:
+        """The epochs counted so far and the summed per-node access counts (uint32 [N])."""
+        path = _latest_totals(self.path)
+        if path is None:
+            raise PlanError(f"{self.path}: no access totals yet")
+        return _read_json(path / "epochs.json")["epochs"], np.load(path / "access.npy", mmap_mode="r")
+
+    def release(self, e: int) -> None:
+        """Delete epoch ``e`` from disk (its access counts stay in the totals)."""
+        _remove_dir(self.path / _epoch_dir(e), self.path)
+
+    def verify(self) -> None:
+        for e in self.epochs():
+            self.epoch(e).verify()
+
+
+# --- writing ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EpochStats:
+    """What planning one epoch did."""
+
+    epoch: int
+    batches: int
+    nodes: int
+    edges: int
+    bytes_written: int
+    sample_seconds: float
+    seconds: float
+
+    @property
+    def edges_per_second(self) -> float:
+        return self.edges / self.seconds if self.seconds else 0.0
+
+
+class Planner:
+    """Writes epochs of one plan; ``plan_epoch`` is atomic and skips an epoch already on disk.
+
+    Example:
+        >>> planner = Planner(ds, NeighborSampler(ds, [15, 10, 5]), PlanSpec(name="p"))  # doctest: +SKIP
+        >>> planner.plan_epoch(0).edges_per_second                                           # doctest: +SKIP
+    """
+
+    def __init__(self, dataset: Dataset | str | os.PathLike[str], sampler: Sampler, spec: PlanSpec,
+                 *, force: bool = False, progress: Progress | None = None) -> None:
+        self.ds = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
+        self.sampler = sampler
+        self.spec = spec
+        self.say = progress or (lambda _msg: None)
+        self.seeds = np.asarray(self.ds.split(spec.split), dtype=np.int64)
+        if self.seeds.size == 0:
+            raise PlanError(f"{self.ds.path}: split {spec.split!r} is empty; nothing to plan")
+        if spec.batch_size < 1:
+            raise PlanError(f"batch size must be >= 1, got {spec.batch_size}")
+        self.path = Plan.path_for(self.ds, spec.name)
+        self.plan = self._create(force)
+        self._dense_counts = 4 * self.ds.num_nodes <= spec.memory_budget // 4
+        self._chunk_nodes = max(1 << 16, spec.memory_budget // 32)  # uint32 counts, a few copies
+        self._check_budget()
+
+    @property
+    def num_batches(self) -> int:
+        full, rest = divmod(self.seeds.size, self.spec.batch_size)
+        return full + (1 if rest and not self.spec.drop_last else 0)
+
+    def _threads(self) -> int:
+        return max(1, self.spec.threads or os.cpu_count() or 1) if self.sampler.thread_safe else 1
+
+    def memory_estimate(self) -> dict[str, int]:
+        """Bytes planning holds besides the memory-mapped topology (which the page cache manages)."""
+        threads = self._threads()
+        per_edge = 48  # position, neighbour, row, col and copies while a batch is built and written
+        return {
+            "epoch order": 16 * int(self.seeds.size),
+            "access counts": 4 * self.ds.num_nodes if self._dense_counts else 0,
+            "writers": 4 * WRITER_STAGING,
+            "batches in flight": (2 * threads + 3) * per_edge * self._edges_bound(),
+        }
+
+    def _edges_bound(self) -> int:
+        """An upper bound on one batch's edges from the fan-outs (-1 counts as 4x the mean degree)."""
+        fanouts = self.sampler.settings().get("fanouts") or self.sampler.settings().get("layer_sizes") or []
+        mean = max(1.0, self.ds.num_edges / max(1, self.ds.num_nodes))
+        frontier, total = float(self.spec.batch_size), 0.0
+        for f in fanouts:
+            frontier *= 4 * mean if f < 0 else f
+            total += frontier
+        return int(min(total, self.ds.num_edges)) if fanouts else self.spec.batch_size
+
+    def _check_budget(self) -> None:
+        parts = self.memory_estimate()
+        need = sum(parts.values())
+        if need > self.spec.memory_budget:
+            detail = ", ".join(f"{k} {v >> 20} MiB" for k, v in parts.items())
+            raise MemoryBudgetError(
+                f"planning needs about {need >> 20} MiB ({detail}); the memory budget is "
+                f"{self.spec.memory_budget >> 20} MiB: raise --memory-budget, or lower --batch-size or --threads"
+            )
+
+    def _meta(self) -> dict[str, Any]:
+        from gnn_ooc import __version__
+
+        return {
+            "format": PLAN_FORMAT, "version": PLAN_VERSION, "created_by": f"gnn-ooc {__version__}",
+            "dataset": {"identity": dataset_identity(self.ds), "fingerprint": self.ds.fingerprint,
+                        "path": str(self.ds.path.absolute()), "num_nodes": self.ds.num_nodes},
+            "sampler": _jsonable(self.sampler.settings()), "batching": self.spec.batching(),
+            "num_layers": self._num_layers(), "num_batches": self.num_batches,
+            "num_seeds": int(self.seeds.size), "node_dtype": str(self.ds.indices.dtype),
+        }
+
+    def _num_layers(self) -> int:
+        layers = self.sampler.num_layers
+        if layers is None:
+            raise PlanError(f"{type(self.sampler).__name__}.num_layers is None; a planned sampler needs a fixed hop count")
+        return int(layers)
+
+    def _create(self, force: bool) -> Plan:
+        meta = self._meta()
+        if (self.path / PLAN_JSON).is_file() and not force:
+            old = Plan(self.path, _read_json(self.path / PLAN_JSON))
+            for key in ("dataset", "sampler", "batching", "num_layers", "format", "version"):
+                if _cmp(old.meta.get(key)) != _cmp(meta[key]):
+                    raise PlanError(
+                        f"{self.path}: exists with other {key} ({old.meta.get(key)} vs {meta[key]}); "
+                        "use another --name or --force to replace it"
+                    )
+            return old
+        with Staging(self.path, what="gnn-ooc sample") as stage:
+            write_bytes_entry(stage.path / PLAN_JSON, stage.path, json.dumps(meta, indent=2).encode())
+            stage.publish()
+        return Plan(self.path, meta)
+
+    def plan_epoch(self, epoch: int) -> EpochStats | None:
+        """Sample and write epoch ``epoch`` unless it is on disk already; returns what it did."""
+        target = self.path / _epoch_dir(epoch)
+        remove_stale(self.path, f".{_epoch_dir(epoch)}.partial-", "gnn-ooc sample")
+        if target.is_dir():
+            self._count(epoch)
+            return None
+        stage = LockedDir(self.path / f".{_epoch_dir(epoch)}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            stats = self._write_epoch(epoch, stage.path)
+            os.rename(stage.path, target)
+            _fsync_dir(self.path)
+        except BaseException:
+            shutil.rmtree(stage.path, ignore_errors=True)
+            raise
+        finally:
+            stage.release()
+        self._count(epoch)
+        self.say(f"epoch {epoch}: {stats.batches} batches, {stats.edges:,} edges, "
+                 f"{stats.edges_per_second / 1e6:.1f} M edges/s, {stats.bytes_written / 2**20:.0f} MiB")
+        return stats
+
+    def _write_epoch(self, epoch: int, out: Path) -> EpochStats:
+        t0 = time.perf_counter()
+        writer = _EpochWriter(out, self.ds, self._num_layers(), self.sampler.settings().get("return_edge_ids", False),
+                              self._dense_counts, self._chunk_nodes)
+        try:
+            sample_s = 0.0
+            for sub, dt in self._batches(epoch):
+                writer.add(sub)
+                sample_s += dt
+            meta = writer.close(epoch)
+        except BaseException:
+            writer.abort()
+            raise
+        meta.update(sample_seconds=sample_s, seconds=time.perf_counter() - t0)
+        write_bytes_entry(out / EPOCH_JSON, out, json.dumps(meta, indent=2).encode())
+        return EpochStats(epoch, meta["batches"], meta["nodes"], meta["edges"], meta["bytes"],
+                          sample_s, meta["seconds"])
+
+    def _batches(self, epoch: int) -> Iterator[tuple[SampledSubgraph, float]]:
+        """The epoch's batches in order, sampled ``threads`` at a time (serial kernels per thread)."""
+        order = epoch_order(self.seeds, self.spec.seed, epoch)
+        bs, nb = self.spec.batch_size, self.num_batches
+        threads = self._threads()
+        serial = getattr(self.sampler, "serial", None)
+        sampler = serial() if threads > 1 and callable(serial) else self.sampler
+
+        def one(b: int) -> tuple[SampledSubgraph, float]:
+            t = time.perf_counter()
+            sub = sampler.sample(order[b * bs : (b + 1) * bs], SampleKey(self.spec.seed, epoch, b))
+            return sub, time.perf_counter() - t
+
+        if threads == 1:
+            yield from (one(b) for b in range(nb))
+            return
+        with ThreadPoolExecutor(threads, thread_name_prefix="gnn-ooc-sample") as pool:
+            pending: deque[Future[tuple[SampledSubgraph, float]]] = deque()
+            for b in range(nb):
+                pending.append(pool.submit(one, b))
+                if len(pending) > 2 * threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+    def _count(self, epoch: int) -> None:
+        """Add the epoch's access counts to the totals (a new versioned folder; once per epoch)."""
+        latest = _latest_totals(self.path)
+        counted: list[int] = _read_json(latest / "epochs.json")["epochs"] if latest else []
+        if epoch in counted:
+            return
+        seq = 0 if latest is None else int(latest.name.split("-")[1]) + 1
+        added = np.load(self.path / _epoch_dir(epoch) / "access.npy", mmap_mode="r")
+        previous = None if latest is None else np.load(latest / "access.npy", mmap_mode="r")
+        n, chunk = self.ds.num_nodes, self._chunk_nodes
+        with Staging(self.path / f"totals-{seq:06d}", what="gnn-ooc sample") as stage:
+            with NpyWriter(stage.path / "access.npy", np.uint32, (n,), staging=WRITER_STAGING) as w:
+                for lo in range(0, n, chunk):
+                    part = added[lo : lo + chunk].astype(np.uint32)
+                    if previous is not None:
+                        part += previous[lo : lo + chunk]
+                    w.write(part)
+            write_bytes_entry(stage.path / "epochs.json", stage.path,
+                              json.dumps({"epochs": sorted([*counted, epoch])}).encode())
+            stage.publish()
+        for old in self.path.glob("totals-*"):
+            if old.name != f"totals-{seq:06d}" and _TOTALS_RE.match(old.name):
+                _remove_dir(old, self.path)
+
+    def keep_latest(self, keep: int) -> list[int]:
+        """Delete all but the newest ``keep`` epochs; returns the deleted ones."""
+        gone = self.plan.epochs()[:-keep] if keep > 0 else []
+        for e in gone:
+            self.plan.release(e)
+        return gone
+
+
+class _EpochWriter:
+    """Appends batches to an epoch's files; counts accesses in memory or in a pass afterwards."""
+
+    def __init__(self, out: Path, ds: Dataset, layers: int, with_edges: bool, dense: bool, chunk_nodes: int) -> None:
+        self.out, self.layers, self.n, self.chunk_nodes = out, layers, ds.num_nodes, chunk_nodes
+        self.node_dtype = ds.indices.dtype
+        st = WRITER_STAGING
+        self.nodes = NpyWriter(out / "nodes.npy", self.node_dtype, (None,), staging=st)
+        self.rows = WriteBehind(NpyWriter(out / "rows.npy", np.int32, (None,), staging=st))
+        self.fanin = NpyWriter(out / "fanin.npy", np.int32, (None,), staging=st)
+        self.edges = WriteBehind(NpyWriter(out / "edge_ids.npy", np.int64, (None,), staging=st)) if with_edges else None
+        self.index: list[np.ndarray] = [np.zeros(3 + 2 * layers + 1, np.int64)]
+        self.at = np.zeros(3, np.int64)
+        self.counts = np.zeros(self.n, np.uint32) if dense else None
+        self.max_count_seen = 0
+
+    def add(self, sub: SampledSubgraph) -> None:
+        if sub.num_layers != self.layers:
+            raise PlanError(f"the sampler returned {sub.num_layers} hops, the plan has {self.layers}")
+        expanded = sub.num_nodes - sub.num_sampled_nodes[-1]
+        row, edge = sub.row, sub.edge
+        if sub.num_edges and np.any(np.diff(sub.col) < 0):
+            # stored edges are grouped by destination (so ``col`` need not be stored); hops stay in order
+            order = np.argsort(sub.col, kind="stable")
+            row, edge = row[order], None if edge is None else edge[order]
+        fanin = np.bincount(sub.col, minlength=expanded).astype(np.int32)
+        self.nodes.write(sub.node.astype(self.node_dtype, copy=False))
+        self.rows.write(row.astype(np.int32))
+        self.fanin.write(fanin)
+        if self.edges is not None:
+            self.edges.write(edge if edge is not None else np.full(sub.num_edges, -1, np.int64))
+        if self.counts is not None:
+            self.counts[sub.node] += 1  # node ids are unique within a batch
+        self.at += (sub.num_nodes, sub.num_edges, expanded)
+        self.index.append(np.concatenate([self.at, sub.num_sampled_nodes, sub.num_sampled_edges]))
+
+    def close(self, epoch: int) -> dict[str, Any]:
+        entries = {"nodes": self.nodes.close(), "fanin": self.fanin.close()}
+        self.rows.drain()
+        entries["rows"] = self.rows.writer.close()
+        if self.edges is not None:
+            self.edges.drain()
+            entries["edge_ids"] = self.edges.writer.close()
+        index = _shift_counts(np.stack(self.index))
+        entries["index"] = write_array(self.out / "index.npy", index, root=self.out)
+        entries["access"] = _write_counts(self.out / "access.npy", self.counts, self.out / "nodes.npy", self.n,
+                                          _count_dtype(len(index) - 1), self.chunk_nodes)
+        files = {k: asdict(v) for k, v in entries.items()}
+        return {"epoch": epoch, "batches": len(index) - 1, "nodes": int(self.at[0]), "edges": int(self.at[1]),
+                "bytes": sum(int(v.size) for v in entries.values()), "files": files}
+
+    def abort(self) -> None:
+        for w in (self.nodes, self.fanin):
+            w.abort()
+        for wb in (self.rows, self.edges):
+            if wb is not None:
+                try:
+                    wb.drain()
+                finally:
+                    wb.writer.abort()
+
+
+def _shift_counts(index: np.ndarray) -> np.ndarray:
+    """Row b holds batch b's start offsets and its own counts (the appended rows hold ends)."""
+    out = np.zeros_like(index)
+    out[:, :3] = index[:, :3]
+    out[:-1, 3:] = index[1:, 3:]
+    return out
+
+
+def _write_counts(path: Path, counts: np.ndarray | None, nodes_path: Path, n: int, dtype: type,
+                  chunk_nodes: int) -> Any:
+    """Write one epoch's access counts, from memory or by id range with one pass over ``nodes.npy`` each."""
+    with NpyWriter(path, dtype, (n,), root=path.parent, staging=WRITER_STAGING) as w:
+        for lo in range(0, n, chunk_nodes):
+            hi = min(n, lo + chunk_nodes)
+            part = counts[lo:hi] if counts is not None else _count_range(nodes_path, lo, hi)
+            w.write(part.astype(dtype))
+    return w.entry
+
+
+def _count_range(nodes_path: Path, lo: int, hi: int, block: int = 1 << 22) -> np.ndarray:
+    nodes = np.load(nodes_path, mmap_mode="r")
+    out = np.zeros(hi - lo, np.uint32)
+    for s in range(0, nodes.shape[0], block):
+        part = np.asarray(nodes[s : s + block])
+        part = part[(part >= lo) & (part < hi)]
+        out += np.bincount(part - lo, minlength=hi - lo).astype(np.uint32)
+    return out
+
+
+def _count_dtype(batches: int) -> type:
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if batches <= np.iinfo(dt).max:
+            return dt
+    return np.uint64
+
+
+# --- the Python entry point ------------------------------------------------------------------------
+def plan_epochs(dataset: Dataset | str | os.PathLike[str], sampler: Sampler, epochs: Sequence[int] | int,
+                spec: PlanSpec | None = None, *, keep_epochs: int | None = None, force: bool = False,
+                progress: Progress | None = None) -> Plan:
+    """Plan ``epochs`` (a count or a sequence of epoch numbers); returns the plan.
+
+    Example:
+        >>> plan = plan_epochs("data/cora", NeighborSampler(Dataset.open("data/cora"), [10, 5]), 3)  # doctest: +SKIP
+    """
+    spec = spec or PlanSpec()
+    planner = Planner(dataset, sampler, spec, force=force, progress=progress)
+    for e in range(epochs) if isinstance(epochs, int) else epochs:
+        planner.plan_epoch(int(e))
+        if keep_epochs is not None:
+            planner.keep_latest(keep_epochs)
+    return planner.plan
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+def _epoch_dir(e: int) -> str:
+    if e < 0:
+        raise PlanError(f"epoch numbers start at 0, got {e}")
+    return f"epoch-{e:06d}"
+
+
+def _latest_totals(path: Path) -> Path | None:
+    found = sorted(p for p in path.iterdir() if _TOTALS_RE.match(p.name) and (p / "epochs.json").is_file())
+    return found[-1] if found else None
+
+
+def _remove_dir(path: Path, parent: Path) -> None:
+    if not path.is_dir():
+        return
+    gone = parent / f".{path.name}.removed-{uuid.uuid4().hex[:8]}"
+    os.rename(path, gone)  # atomic: readers see the folder or nothing
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        out = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PlanError(f"{path}: missing") from None
+    except json.JSONDecodeError as e:
+        raise PlanError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(out, dict):
+        raise PlanError(f"{path}: expected a JSON object")
+    return out
+
+
+def _check_size(path: Path, size: int) -> None:
+    try:
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        raise PlanError(f"{path}: file is missing") from None
+    if actual != size:
+        raise PlanError(f"{path}: size {actual} B differs from the recorded {size} B (truncated?)")
+
+
+def _jsonable(d: Any) -> Any:
+    return json.loads(json.dumps(d))
+
+
+def _cmp(d: Any) -> Any:
+    # the dataset's path may differ (moved folder); its identity may not
+    if isinstance(d, dict) and "identity" in d:
+        return d["identity"]
+    return d
+
+
+# --- planning ahead in another process -------------------------------------------------------------
+class BackgroundPlanner:
+    """Plans ``epochs`` in a child process while the caller trains, at most ``keep_epochs`` on disk.
+
+    ``wait(e)`` blocks until epoch ``e`` is written and returns it; ``release(e)`` deletes it
+    and lets the child plan the next one. The child exits with its parent, and an error in it
+    is raised by ``wait`` with the child's traceback.
+
+    Example:
+        >>> with BackgroundPlanner(ds, sampler, PlanSpec(), epochs=range(10), keep_epochs=2) as bp:  # doctest: +SKIP
+        ...     for e in range(10):
+        ...         for sub in bp.wait(e):
+        ...             ...                      # train on the batch
+        ...         bp.release(e)
+    """
+
+    def __init__(self, dataset: Dataset | str | os.PathLike[str], sampler: Sampler, spec: PlanSpec,
+                 epochs: Sequence[int], *, keep_epochs: int = 2, force: bool = False) -> None:
+        if keep_epochs < 1:
+            raise PlanError(f"keep_epochs must be >= 1, got {keep_epochs}")
+        # created here, so a mismatched plan fails in the caller, not in the child
+        self.plan = Planner(dataset, sampler, spec, force=force).plan
+        self.ds_path = str(self.plan.path.parents[1])
+        self.sampler, self.spec, self.epochs = sampler, spec, [int(e) for e in epochs]
+        self.keep_epochs = keep_epochs
+        self._done: set[int] = set()
+        self._proc: Any = None
+
+    def __enter__(self) -> BackgroundPlanner:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")  # numba's worker threads do not survive fork
+        self._slots = ctx.Semaphore(self.keep_epochs)
+        self._queue = ctx.Queue()
+        self._proc = ctx.Process(
+            target=_background_main, name="gnn-ooc-planner", daemon=True,
+            # pickled here and loaded inside the child's error handling, so a failure to reopen
+            # the sampler's dataset is reported like any other
+            args=(self.ds_path, pickle.dumps(self.sampler), self.spec, self.epochs, self._slots, self._queue,
+                  os.getpid()),
+        )
+        self._proc.start()
+        return self
+
+    def wait(self, epoch: int, timeout: float | None = None) -> EpochPlan:
+        import queue as queue_mod
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while epoch not in self._done:
+            try:
+                kind, value = self._queue.get(timeout=0.5)
+            except queue_mod.Empty:
+                if not self._proc.is_alive():
+                    raise PlanError(f"the planner process died (exit code {self._proc.exitcode}) before epoch {epoch}") from None
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"epoch {epoch} not planned within {timeout} s") from None
+                continue
+            if kind == "error":
+                raise PlanError(f"the planner process failed:\n{value}")
+            self._done.add(int(value))
+        return self.plan.epoch(epoch)
+
+    def release(self, epoch: int) -> None:
+        self.plan.release(epoch)
+        self._slots.release()
+
+    def close(self) -> None:
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.terminate()
+            self._proc.join()
+            self._proc = None
+            self._queue.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _background_main(ds_path: str, sampler_blob: bytes, spec: PlanSpec, epochs: list[int],
+                     slots: Any, out: Any, parent: int) -> None:
+    import traceback
+
+    try:
+        planner = Planner(ds_path, pickle.loads(sampler_blob), spec)
+        for e in epochs:
+            while not slots.acquire(timeout=1.0):
+                if os.getppid() != parent:
+                    return  # the trainer is gone
+            planner.plan_epoch(e)
+            out.put(("done", e))
+    except BaseException:
+        out.put(("error", traceback.format_exc()))
