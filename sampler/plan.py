@@ -59,7 +59,7 @@ PLAN_FORMAT = "gnn-ooc-plan"
 PLAN_VERSION = 1
 PLAN_JSON = "plan.json"
 EPOCH_JSON = "epoch.json"
-WRITER_STAGING = 2 << 20  # per output file; 4 files
+WRITER_STAGING = 1 << 20  # per output file (4 files): 1 MiB O_DIRECT writes already run at disk speed
 _EPOCH_RE = re.compile(r"^epoch-(\d{6})$")
 _TOTALS_RE = re.compile(r"^totals-(\d{6})$")
 
