@@ -1,5 +1,5 @@
 # One command sets everything up and runs the demo; one sets up and runs the tests.
-#   make demo    venv + install + synth -> preprocess -> info -> verify on a generated graph
+#   make demo    venv + install + synth -> preprocess -> info -> verify -> sample (plan) on a generated graph
 #   make test    venv + install + the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -24,6 +24,7 @@ demo: setup
 	$(BIN)/gnn-ooc preprocess $(DEMO)/raw -o $(DEMO)/dataset --undirected --dedup --memory-budget 256M
 	$(BIN)/gnn-ooc info $(DEMO)/dataset
 	$(BIN)/gnn-ooc verify $(DEMO)/dataset
+	$(BIN)/gnn-ooc sample $(DEMO)/dataset --fanouts 15,10,5 --batch-size 1024 --epochs 2 --keep-epochs 2 --seed 0 --name demo --force
 	@echo "demo dataset: $(abspath $(DEMO)/dataset)"
 
 test: setup
