@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.gnn-ooc-installed
 DEMO   ?= demo
 
-.PHONY: setup demo test typecheck lint bench-preprocess clean
+.PHONY: setup demo test typecheck lint bench-preprocess bench-sampler clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ lint: setup
 
 bench-preprocess: setup
 	$(BIN)/python -m gnn_ooc.tools.bench_preprocess
+
+bench-sampler: setup
+	$(BIN)/python -m gnn_ooc.tools.bench_sampler
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache

@@ -13,6 +13,10 @@ parallelise over batches with threads (numba's default threading layer is not re
 
 from __future__ import annotations
 
+import sys
+import types
+from typing import Any, Callable
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -175,12 +179,21 @@ def _gather_impl(indices, pos, nbr):
         nbr[j] = indices[pos[j]]
 
 
-_counts_par = njit(parallel=True, cache=True, nogil=True)(_counts_impl)
-_counts_ser = njit(cache=True, nogil=True)(_counts_impl)
-_draw_par = njit(parallel=True, cache=True, nogil=True)(_draw_impl)
-_draw_ser = njit(cache=True, nogil=True)(_draw_impl)
-_gather_par = njit(parallel=True, cache=True, nogil=True)(_gather_impl)
-_gather_ser = njit(cache=True, nogil=True)(_gather_impl)
+def _twin(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """A copy of ``fn`` under another name: numba's on-disk cache keys by name and line, not by the
+    ``parallel`` flag (numba issue #6845), so the serial and parallel builds need distinct names."""
+    twin = types.FunctionType(fn.__code__.replace(co_name=name, co_qualname=name) if sys.version_info >= (3, 11)
+                              else fn.__code__.replace(co_name=name), fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = name
+    return twin
+
+
+_counts_par = njit(parallel=True, cache=True, nogil=True)(_twin(_counts_impl, "_counts_par_impl"))
+_counts_ser = njit(cache=True, nogil=True)(_twin(_counts_impl, "_counts_ser_impl"))
+_draw_par = njit(parallel=True, cache=True, nogil=True)(_twin(_draw_impl, "_draw_par_impl"))
+_draw_ser = njit(cache=True, nogil=True)(_twin(_draw_impl, "_draw_ser_impl"))
+_gather_par = njit(parallel=True, cache=True, nogil=True)(_twin(_gather_impl, "_gather_par_impl"))
+_gather_ser = njit(cache=True, nogil=True)(_twin(_gather_impl, "_gather_ser_impl"))
 
 
 # --- relabelling ------------------------------------------------------------------------------------

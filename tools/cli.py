@@ -245,10 +245,9 @@ def _add_sample(sub: Any) -> None:
 
 def _run_sample(args: argparse.Namespace) -> int:
     from gnn_ooc.graphstore.dataset import Dataset
+    from gnn_ooc.sampler.base import SamplerError, parse_fanouts
     from gnn_ooc.sampler.factory import make_sampler
     from gnn_ooc.sampler.plan import Planner, PlanSpec
-
-    from gnn_ooc.sampler.base import SamplerError, parse_fanouts
 
     if args.epochs < 1 or args.start_epoch < 0:
         raise ValueError("--epochs must be >= 1 and --start-epoch >= 0")
