@@ -13,7 +13,6 @@ parallelise over batches with threads (numba's default threading layer is not re
 
 from __future__ import annotations
 
-import sys
 import types
 from typing import Any, Callable
 
@@ -182,8 +181,7 @@ def _gather_impl(indices, pos, nbr):
 def _twin(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
     """A copy of ``fn`` under another name: numba's on-disk cache keys by name and line, not by the
     ``parallel`` flag (numba issue #6845), so the serial and parallel builds need distinct names."""
-    twin = types.FunctionType(fn.__code__.replace(co_name=name, co_qualname=name) if sys.version_info >= (3, 11)
-                              else fn.__code__.replace(co_name=name), fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    twin = types.FunctionType(fn.__code__.replace(co_name=name), fn.__globals__, name, fn.__defaults__, fn.__closure__)
     twin.__qualname__ = name
     return twin
 

@@ -253,8 +253,8 @@ def _run_sample(args: argparse.Namespace) -> int:
         raise ValueError("--epochs must be >= 1 and --start-epoch >= 0")
     try:
         parse_fanouts(args.fanouts)
-    except SamplerError as e:
-        raise ValueError(f"--fanouts: {e}") from None
+    except SamplerError as err:
+        raise ValueError(f"--fanouts: {err}") from None
     ds = Dataset.open(args.dataset)
     sampler = make_sampler(ds, args.sampler, args.fanouts, weights=args.weights, edge_ids=args.edge_ids)
     spec = PlanSpec(name=args.name, batch_size=args.batch_size, split=args.split, seed=args.seed,
