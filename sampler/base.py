@@ -294,6 +294,36 @@ def _from_hops(
 
 # --- the graph a sampler reads ---------------------------------------------------------------------
 @dataclass(frozen=True)
+class Reopen:
+    """A memory-mapped ``.npy`` by file name: pickles in bytes and maps the file again on ``open``."""
+
+    filename: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    def open(self) -> np.ndarray:
+        arr = np.load(self.filename, mmap_mode="r")
+        if str(arr.dtype) != self.dtype or tuple(arr.shape) != self.shape:
+            raise SamplerError(f"{self.filename}: changed since it was pickled ({arr.dtype}{arr.shape}, "
+                               f"expected {self.dtype}{self.shape})")
+        return arr
+
+
+def reopenable(arr: np.ndarray) -> Reopen | np.ndarray:
+    """A ``Reopen`` for a whole memory-mapped ``.npy`` (as ``np.load(mmap_mode="r")`` returns), else ``arr``."""
+    name = getattr(arr, "filename", None)
+    if isinstance(arr, np.memmap) and name and str(name).endswith(".npy"):
+        try:
+            head = np.load(name, mmap_mode="r")
+        except (OSError, ValueError):
+            return arr
+        if head.shape == arr.shape and head.dtype == arr.dtype and head.offset == arr.offset:
+            return Reopen(str(name), str(arr.dtype), tuple(arr.shape))
+    return arr
+
+
+
+@dataclass(frozen=True)
 class CscGraph:
     """The CSC topology a sampler reads: ``indices[indptr[v]:indptr[v + 1]]`` are v's in-neighbours.
 
@@ -316,6 +346,10 @@ class CscGraph:
     def num_edges(self) -> int:
         return int(self.indices.shape[0])
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # memory maps travel as file names (a planner process maps them again), not as their bytes
+        return (_csc_from, (reopenable(self.indptr), reopenable(self.indices)))
+
     @staticmethod
     def of(graph: Any) -> CscGraph:
         """Accept a ``CscGraph``, a ``Dataset`` (anything with ``indptr``/``indices``) or a pair of arrays."""
@@ -337,6 +371,11 @@ class CscGraph:
         if int(indptr[-1]) != indices.shape[0]:
             raise SamplerError(f"indptr ends at {int(indptr[-1])} but indices holds {indices.shape[0]} edges")
         return CscGraph(indptr, indices)
+
+
+def _csc_from(indptr: Reopen | np.ndarray, indices: Reopen | np.ndarray) -> CscGraph:
+    return CscGraph(indptr.open() if isinstance(indptr, Reopen) else indptr,
+                    indices.open() if isinstance(indices, Reopen) else indices)
 
 
 # --- the contract ----------------------------------------------------------------------------------

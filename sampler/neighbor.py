@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,12 +24,16 @@ import numpy as np
 from gnn_ooc.sampler import kernels
 from gnn_ooc.sampler.base import (
     CscGraph,
+    Reopen,
     SampledSubgraph,
     SampleKey,
     Sampler,
     SamplerError,
     parse_fanouts,
+    reopenable,
 )
+
+_CHECK_CHUNK = 1 << 24
 
 
 class NeighborSampler(Sampler):
@@ -66,6 +71,7 @@ class NeighborSampler(Sampler):
         self.fanouts = parse_fanouts(fanouts)
         self.weights = _load_weights(weights, self.graph.num_edges)
         self.weights_name = None if weights is None or isinstance(weights, np.ndarray) else str(weights)
+        self._weights_stamp = _weights_stamp(weights)
         self.return_edge_ids = bool(return_edge_ids)
         self.threads = threads
         self.parallel = True
@@ -77,7 +83,7 @@ class NeighborSampler(Sampler):
     def settings(self) -> dict[str, Any]:
         out = super().settings()
         out.update(fanouts=list(self.fanouts), weighted=self.weights is not None,
-                   weights=self.weights_name, return_edge_ids=self.return_edge_ids)
+                   weights=self._weights_stamp, return_edge_ids=self.return_edge_ids)
         return out
 
     def serial(self) -> NeighborSampler:
@@ -93,6 +99,8 @@ class NeighborSampler(Sampler):
             state["graph"] = None
         if self.weights_name is not None:
             state["weights"] = None
+        elif self.weights is not None:
+            state["weights"] = reopenable(self.weights)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -103,13 +111,17 @@ class NeighborSampler(Sampler):
             self.graph = CscGraph.of(Dataset.open(state["_dataset_path"]))
         if self.weights is None and self.weights_name is not None:
             self.weights = _load_weights(self.weights_name, self.graph.num_edges)
+        elif isinstance(self.weights, Reopen):
+            self.weights = self.weights.open()
 
     def _sample(self, seeds: np.ndarray, key: SampleKey) -> SampledSubgraph:
-        prev = kernels.set_threads(self.threads) if self.parallel else None
+        # numba's default threading layer is not re-entrant: parallel kernels from the main thread only
+        parallel = self.parallel and threading.current_thread() is threading.main_thread()
+        prev = kernels.set_threads(self.threads) if parallel else None
         try:
             node, row, col, edge, hop_nodes, hop_edges = kernels.sample_layers(
                 self.graph.indptr, self.graph.indices, self.weights, seeds, self.fanouts,
-                key.stream(), self.return_edge_ids, self.parallel,
+                key.stream(), self.return_edge_ids, parallel,
             )
         finally:
             if prev is not None:
@@ -129,8 +141,20 @@ def _load_weights(weights: np.ndarray | str | os.PathLike[str] | None, num_edges
     assert isinstance(weights, np.ndarray)
     if weights.ndim != 1 or weights.shape[0] != num_edges:
         raise SamplerError(f"{where}: edge weights have shape {weights.shape}, expected ({num_edges},) aligned with indices")
-    if weights.dtype.kind != "f":
-        weights = weights.astype(np.float32)
-    if weights.size and not (np.isfinite(weights).all() and weights.min() >= 0):
-        raise SamplerError(f"{where}: edge weights must be finite and >= 0")
+    if weights.dtype not in (np.float32, np.float64):
+        raise SamplerError(f"{where}: edge weights are {weights.dtype}, expected float32 or float64 (convert the file)")
+    for start in range(0, num_edges, _CHECK_CHUNK):  # in chunks: the weights may be larger than memory
+        part = np.asarray(weights[start : start + _CHECK_CHUNK])
+        if not (np.isfinite(part).all() and part.min() >= 0):
+            bad = start + int(np.flatnonzero(~(np.isfinite(part) & (part >= 0)))[0])
+            raise SamplerError(f"{where}: edge {bad}: weight {part[bad - start]} (expected finite and >= 0)")
     return weights
+
+
+def _weights_stamp(weights: np.ndarray | str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    """What identifies a weights file in a plan's settings: where it is, its size and modification time."""
+    if weights is None or isinstance(weights, np.ndarray):
+        return None
+    path = Path(weights).resolve()
+    st = path.stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}

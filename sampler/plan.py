@@ -4,8 +4,9 @@ A plan lives in ``DATASET/plans/<name>/``::
 
     plan.json                  format, version, the dataset's identity, the sampler's settings, batching
     epoch-000003/epoch.json    files with sizes and CRC-32, counts, timings
-    epoch-000003/index.npy     int64 [B, 3 + (L+1) + L]: node, edge and fan-in offsets of each batch,
-                               then its per-hop node counts (seeds first) and per-hop edge counts
+    epoch-000003/index.npy     int64 [B+1, 3 + (L+1) + L]: node, edge and fan-in offsets of each batch
+                               (row B: the ends), then its per-hop node counts (seeds first) and
+                               per-hop edge counts
     epoch-000003/nodes.npy     global ids of every batch's nodes, seeds first (dataset index dtype)
     epoch-000003/rows.npy      int32 local source id of every sampled edge
     epoch-000003/fanin.npy     int32 edges into each expanded node (the destinations: ``col`` is
@@ -60,6 +61,7 @@ PLAN_VERSION = 1
 PLAN_JSON = "plan.json"
 EPOCH_JSON = "epoch.json"
 WRITER_STAGING = 1 << 20  # per output file (4 files): 1 MiB O_DIRECT writes already run at disk speed
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _EPOCH_RE = re.compile(r"^epoch-(\d{6})$")
 _TOTALS_RE = re.compile(r"^totals-(\d{6})$")
 
@@ -86,6 +88,13 @@ class PlanSpec:
     drop_last: bool = False
     threads: int | None = None
     memory_budget: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise PlanError(f"plan name {self.name!r}: expected letters, digits, '.', '_' or '-' (not starting with '.' or '-')")
+        if self.batch_size < 1 or self.seed < 0 or (self.threads is not None and self.threads < 1):
+            raise PlanError(f"batch size and threads must be >= 1 and the seed >= 0, got {self.batch_size}, "
+                            f"{self.threads}, {self.seed}")
 
     def batching(self) -> dict[str, Any]:
         """The settings that shape the batches (a plan refuses to grow with other ones)."""
@@ -136,17 +145,20 @@ class EpochPlan:
         hops = self.num_layers
         hop_nodes = tuple(int(x) for x in lo[3 : 3 + hops + 1])
         hop_edges = tuple(int(x) for x in lo[4 + hops :])
-        fanin = np.asarray(self._fanin[lo[2] : hi[2]], dtype=np.int64)
+        # copies, not views of the read-only maps: a plan's batch behaves like an online one
+        fanin = np.array(self._fanin[lo[2] : hi[2]], dtype=np.int64)
         col = np.repeat(np.arange(fanin.shape[0], dtype=np.int64), fanin)
-        edge = None if self._edges is None else np.asarray(self._edges[lo[1] : hi[1]], dtype=np.int64)
+        edge = None if self._edges is None else np.array(self._edges[lo[1] : hi[1]], dtype=np.int64)
         return SampledSubgraph(
-            node=np.asarray(self._nodes[lo[0] : hi[0]], dtype=np.int64),
-            row=np.asarray(self._rows[lo[1] : hi[1]], dtype=np.int64),
+            node=np.array(self._nodes[lo[0] : hi[0]], dtype=np.int64),
+            row=np.array(self._rows[lo[1] : hi[1]], dtype=np.int64),
             col=col, num_sampled_nodes=hop_nodes, num_sampled_edges=hop_edges, edge=edge,
         )
 
     def seeds(self, b: int) -> np.ndarray:
         """Batch ``b``'s seed ids without reading its edges."""
+        if not 0 <= b < len(self):
+            raise IndexError(f"{self.path}: batch {b} out of range (the epoch has {len(self)})")
         start, count = int(self.index[b, 0]), int(self.index[b, 3])
         return np.asarray(self._nodes[start : start + count], dtype=np.int64)
 
@@ -273,25 +285,35 @@ class Planner:
         self.seeds = np.asarray(self.ds.split(spec.split), dtype=np.int64)
         if self.seeds.size == 0:
             raise PlanError(f"{self.ds.path}: split {spec.split!r} is empty; nothing to plan")
-        if spec.batch_size < 1:
-            raise PlanError(f"batch size must be >= 1, got {spec.batch_size}")
         self.path = Plan.path_for(self.ds, spec.name)
-        self.plan = self._create(force)
         self._dense_counts = 4 * self.ds.num_nodes <= spec.memory_budget // 4
         self._chunk_nodes = max(1 << 16, spec.memory_budget // 32)  # uint32 counts, a few copies
-        self._check_budget()
+        self.threads = self._fit_threads()
+        self._check_budget()  # before anything is written (or, with force, deleted)
+        self.plan = self._create(force)
+        remove_stale(self.path, ".epoch-", "gnn-ooc sample")  # killed runs' partial epochs (locks free)
+        for gone in self.path.glob(".*.removed-*"):
+            shutil.rmtree(gone, ignore_errors=True)
 
     @property
     def num_batches(self) -> int:
         full, rest = divmod(self.seeds.size, self.spec.batch_size)
         return full + (1 if rest and not self.spec.drop_last else 0)
 
-    def _threads(self) -> int:
-        return max(1, self.spec.threads or os.cpu_count() or 1) if self.sampler.thread_safe else 1
+    def _fit_threads(self) -> int:
+        """``spec.threads``, else as many cores as the budget's batches in flight allow."""
+        if not self.sampler.thread_safe:
+            return 1
+        if self.spec.threads is not None:
+            return self.spec.threads
+        threads = max(1, os.cpu_count() or 1)
+        while threads > 1 and sum(self.memory_estimate(threads).values()) > self.spec.memory_budget:
+            threads -= 1
+        return threads
 
-    def memory_estimate(self) -> dict[str, int]:
+    def memory_estimate(self, threads: int | None = None) -> dict[str, int]:
         """Bytes planning holds besides the memory-mapped topology (which the page cache manages)."""
-        threads = self._threads()
+        threads = threads or self.threads
         per_edge = 48  # position, neighbour, row, col and copies while a batch is built and written
         return {
             "epoch order": 16 * int(self.seeds.size),
@@ -301,14 +323,21 @@ class Planner:
         }
 
     def _edges_bound(self) -> int:
-        """An upper bound on one batch's edges from the fan-outs (-1 counts as 4x the mean degree)."""
-        fanouts = self.sampler.settings().get("fanouts") or self.sampler.settings().get("layer_sizes") or []
+        """A bound on one batch's edges: from the fan-outs (-1 counts as 4x the mean degree), else
+        the sampler's own ``max_edges`` hook, else the mean degree per node and layer."""
         mean = max(1.0, self.ds.num_edges / max(1, self.ds.num_nodes))
+        fanouts = self.sampler.settings().get("fanouts")
+        if fanouts is None:
+            hook = getattr(self.sampler, "max_edges", None)
+            bound = hook(self.spec.batch_size, mean) if callable(hook) else None
+            if bound is None:
+                bound = self.spec.batch_size * mean * (self.sampler.num_layers or 1)
+            return int(min(bound, self.ds.num_edges))
         frontier, total = float(self.spec.batch_size), 0.0
         for f in fanouts:
             frontier *= 4 * mean if f < 0 else f
             total += frontier
-        return int(min(total, self.ds.num_edges)) if fanouts else self.spec.batch_size
+        return int(min(total, self.ds.num_edges))
 
     def _check_budget(self) -> None:
         parts = self.memory_estimate()
@@ -364,7 +393,12 @@ class Planner:
         stage = LockedDir(self.path / f".{_epoch_dir(epoch)}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             stats = self._write_epoch(epoch, stage.path)
-            os.rename(stage.path, target)
+            try:
+                os.rename(stage.path, target)
+            except OSError:
+                if not target.is_dir():
+                    raise
+                shutil.rmtree(stage.path, ignore_errors=True)  # another planner published it first
             _fsync_dir(self.path)
         except BaseException:
             shutil.rmtree(stage.path, ignore_errors=True)
@@ -398,7 +432,7 @@ class Planner:
         """The epoch's batches in order, sampled ``threads`` at a time (serial kernels per thread)."""
         order = epoch_order(self.seeds, self.spec.seed, epoch)
         bs, nb = self.spec.batch_size, self.num_batches
-        threads = self._threads()
+        threads = self.threads
         serial = getattr(self.sampler, "serial", None)
         sampler = serial() if threads > 1 and callable(serial) else self.sampler
 
@@ -445,6 +479,8 @@ class Planner:
 
     def keep_latest(self, keep: int) -> list[int]:
         """Delete all but the newest ``keep`` epochs; returns the deleted ones."""
+        if keep < 1:
+            raise PlanError(f"keep-epochs must be >= 1, got {keep}")
         gone = self.plan.epochs()[:-keep] if keep > 0 else []
         for e in gone:
             self.plan.release(e)
@@ -527,12 +563,12 @@ def _write_counts(path: Path, counts: np.ndarray | None, nodes_path: Path, n: in
     with NpyWriter(path, dtype, (n,), root=path.parent, staging=WRITER_STAGING) as w:
         for lo in range(0, n, chunk_nodes):
             hi = min(n, lo + chunk_nodes)
-            part = counts[lo:hi] if counts is not None else _count_range(nodes_path, lo, hi)
+            part = counts[lo:hi] if counts is not None else _count_range(nodes_path, lo, hi, min(1 << 22, chunk_nodes))
             w.write(part.astype(dtype))
     return w.entry
 
 
-def _count_range(nodes_path: Path, lo: int, hi: int, block: int = 1 << 22) -> np.ndarray:
+def _count_range(nodes_path: Path, lo: int, hi: int, block: int) -> np.ndarray:
     nodes = np.load(nodes_path, mmap_mode="r")
     out = np.zeros(hi - lo, np.uint32)
     for s in range(0, nodes.shape[0], block):
@@ -645,6 +681,7 @@ class BackgroundPlanner:
         self.sampler, self.spec, self.epochs = sampler, spec, [int(e) for e in epochs]
         self.keep_epochs = keep_epochs
         self._done: set[int] = set()
+        self._released: set[int] = set()
         self._proc: Any = None
 
     def __enter__(self) -> BackgroundPlanner:
@@ -666,6 +703,8 @@ class BackgroundPlanner:
     def wait(self, epoch: int, timeout: float | None = None) -> EpochPlan:
         import queue as queue_mod
 
+        if epoch not in self.epochs:
+            raise PlanError(f"epoch {epoch} is not among the epochs this planner plans ({self.epochs})")
         deadline = None if timeout is None else time.monotonic() + timeout
         while epoch not in self._done:
             try:
@@ -682,6 +721,9 @@ class BackgroundPlanner:
         return self.plan.epoch(epoch)
 
     def release(self, epoch: int) -> None:
+        if epoch not in self._done or epoch in self._released:
+            raise PlanError(f"release({epoch}): the epoch was not waited for, or was released already")
+        self._released.add(epoch)
         self.plan.release(epoch)
         self._slots.release()
 
@@ -692,6 +734,8 @@ class BackgroundPlanner:
             self._proc.join()
             self._proc = None
             self._queue.close()
+            # a child stopped mid-epoch leaves its partial folder; its lock died with it
+            remove_stale(self.plan.path, ".epoch-", "gnn-ooc sample")
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -249,14 +249,15 @@ def _run_sample(args: argparse.Namespace) -> int:
     from gnn_ooc.sampler.factory import make_sampler
     from gnn_ooc.sampler.plan import Planner, PlanSpec
 
-    if args.epochs < 1 or args.start_epoch < 0:
-        raise ValueError("--epochs must be >= 1 and --start-epoch >= 0")
+    if args.epochs < 1 or args.start_epoch < 0 or args.seed < 0 or (args.keep_epochs is not None and args.keep_epochs < 1):
+        raise ValueError("--epochs and --keep-epochs must be >= 1, --start-epoch and --seed >= 0")
     try:
         parse_fanouts(args.fanouts)
     except SamplerError as err:
         raise ValueError(f"--fanouts: {err}") from None
     ds = Dataset.open(args.dataset)
-    sampler = make_sampler(ds, args.sampler, args.fanouts, weights=args.weights, edge_ids=args.edge_ids)
+    sampler = make_sampler(ds, args.sampler, args.fanouts, weights=args.weights, edge_ids=args.edge_ids,
+                           threads=args.threads)
     spec = PlanSpec(name=args.name, batch_size=args.batch_size, split=args.split, seed=args.seed,
                     drop_last=args.drop_last, threads=args.threads, memory_budget=args.memory_budget)
     planner = Planner(ds, sampler, spec, force=args.force, progress=_say)

@@ -198,7 +198,8 @@ def test_custom_samplers_offline_equal_online(ds: Dataset, make) -> None:
 
 def test_memory_budget_is_checked(ds: Dataset) -> None:
     with pytest.raises(MemoryBudgetError, match="memory budget"):
-        Planner(ds, NeighborSampler(ds, [50, 50, 50]), PlanSpec(name="m", memory_budget=8 << 20))
+        Planner(ds, NeighborSampler(ds, [50, 50, 50]), PlanSpec(name="m", memory_budget=2 << 20))
+    assert not Plan.path_for(ds, "m").exists()  # refused before anything is written
 
 
 def test_count_pass_by_id_range_equals_dense(ds: Dataset) -> None:
@@ -254,3 +255,32 @@ def test_plan_json_records_identity_and_settings(ds: Dataset) -> None:
     meta = json.loads((plan.path / "plan.json").read_text())
     assert meta["sampler"]["fanouts"] == [3, 2] and meta["batching"]["batch_size"] == 64
     assert meta["dataset"]["fingerprint"] == ds.fingerprint and len(meta["dataset"]["identity"]) == 32
+
+
+def test_bad_names_and_cleanup_of_killed_runs(ds: Dataset) -> None:
+    for bad in ("", ".", "..", "../x", "a/b", "-x"):
+        with pytest.raises(PlanError, match="plan name"):
+            PlanSpec(name=bad)
+    plan = plan_epochs(ds, NeighborSampler(ds, [3]), 1, SPEC)
+    (plan.path / ".epoch-000007.partial-1-dead").mkdir()  # a child killed mid-epoch (lock gone)
+    (plan.path / ".epoch-000000.removed-abc").mkdir()      # a delete interrupted half way
+    Planner(ds, NeighborSampler(ds, [3]), SPEC)
+    assert sorted(p.name for p in plan.path.iterdir()) == ["epoch-000000", "plan.json", "totals-000000"]
+    ep = plan.epoch(0)
+    sub = ep.batch(0)
+    sub.node[0] = -5  # batches are copies, not views of the read-only maps
+    with pytest.raises(IndexError):
+        ep.seeds(len(ep))
+
+
+def test_samplers_pickle_as_file_names(ds: Dataset) -> None:
+    import pickle
+
+    w = ds.path / "w.npy"
+    np.save(w, np.ones(ds.num_edges, np.float32))
+    for sampler in (LayerWiseSampler(ds, [10]), NeighborSampler((ds.indptr, ds.indices), [3]),
+                    NeighborSampler(ds, [3], weights=np.load(w, mmap_mode="r"))):
+        blob = pickle.dumps(sampler)
+        assert len(blob) < 4096, type(sampler).__name__
+        twin = pickle.loads(blob)
+        assert np.array_equal(twin.sample([0, 1], key=3).node, sampler.sample([0, 1], key=3).node)
