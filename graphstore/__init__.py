@@ -8,17 +8,20 @@ Example:
 from gnn_ooc.graphstore.base import (
     ChecksumError,
     DatasetError,
+    FeatureStore,
     GnnOocError,
     InputError,
     Manifest,
     MemoryBudgetError,
     PreprocessSpec,
+    StoreStats,
 )
 from gnn_ooc.graphstore.dataset import Dataset, DegreeStats
 
 __all__ = [
     "ChecksumError",
     "Dataset",
+    "FeatureStore",
     "DatasetError",
     "DegreeStats",
     "GnnOocError",
@@ -26,4 +29,5 @@ __all__ = [
     "Manifest",
     "MemoryBudgetError",
     "PreprocessSpec",
+    "StoreStats",
 ]

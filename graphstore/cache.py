@@ -1,0 +1,67 @@
+"""A cache tier: a fixed set of rows held on a device (GPU memory, or the CPU without one) or in
+pinned host memory, looked up by a sorted id array (memory follows the cache, not the graph).
+
+Example:
+    >>> import torch
+    >>> from gnn_ooc.graphstore.stores import MemoryStore
+    >>> src = MemoryStore(torch.arange(10.0).reshape(5, 2))
+    >>> cache = RowCache.filled("device", torch.tensor([3, 1]), src)
+    >>> cache.lookup(torch.tensor([1, 2, 3])).tolist()
+    [0, -1, 1]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gnn_ooc.capabilities import cuda_available
+from gnn_ooc.graphstore.base import FeatureStore
+
+
+class RowCache:
+    """Rows of the ids in ``ids`` (held sorted), on ``device``; ``pinned`` page-locks host rows under CUDA."""
+
+    def __init__(self, tier: str, ids: Any, rows: Any) -> None:
+        import torch
+
+        order = torch.argsort(ids)
+        self.tier = tier
+        self.ids = ids[order].contiguous()
+        self.rows = rows[order.to(rows.device)].contiguous()
+        if tier == "pinned" and cuda_available() and self.rows.device.type == "cpu":
+            self.rows = self.rows.pin_memory()
+        self._device_ids = self.ids.to(self.rows.device)
+        del torch
+
+    @classmethod
+    def filled(cls, tier: str, ids: Any, source: FeatureStore, *, device: Any = "cpu",
+               chunk: int = 1 << 16) -> RowCache:
+        """A cache of ``ids`` with rows read from ``source`` in chunks (sorted, so disk reads are in order)."""
+        import torch
+
+        ids = torch.as_tensor(ids, dtype=torch.int64).unique()
+        rows = torch.empty((ids.numel(), source.dim), dtype=source.dtype, device=device)
+        for s in range(0, ids.numel(), chunk):
+            source.gather(ids[s : s + chunk], out=rows[s : s + chunk])
+        return cls(tier, ids, rows)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.ids.numel())
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.rows.numel() * self.rows.element_size())
+
+    def lookup(self, ids: Any) -> Any:
+        """Slot of each id, -1 where the cache does not hold it (CPU int64)."""
+        import torch
+
+        if self.ids.numel() == 0:
+            return torch.full_like(ids, -1)
+        pos = torch.searchsorted(self.ids, ids).clamp_(max=self.ids.numel() - 1)
+        return torch.where(self.ids[pos] == ids, pos, torch.full_like(pos, -1))
+
+    def read(self, slots: Any, out: Any) -> None:
+        """out[i] = row of slot ``slots[i]`` (every slot held)."""
+        out.copy_(self.rows[slots.to(self.rows.device)])

@@ -1,0 +1,118 @@
+"""The feature-store contract, written once and run against every store; tiers, placement, direct reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gnn_ooc.graphstore.base import FeatureStore, InputError
+from gnn_ooc.graphstore.cache import RowCache
+from gnn_ooc.graphstore.direct import DirectStore
+from gnn_ooc.graphstore.npyfile import write_array
+from gnn_ooc.graphstore.placement import place_by_hotness
+from gnn_ooc.graphstore.stores import MemoryStore, MmapStore
+from gnn_ooc.graphstore.tiered import TieredStore
+
+N, D = 3000, 40  # 160-byte rows: several per page, some straddle two pages
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, Path]:
+    x = np.random.default_rng(0).standard_normal((N, D)).astype(np.float32)
+    path = tmp_path_factory.mktemp("feat") / "features.npy"
+    write_array(path, x, root=path.parent)
+    return x, path
+
+
+def tiered(x: np.ndarray, path: Path) -> FeatureStore:
+    backing = DirectStore(path, torch.float32, threads=3)
+    device = RowCache.filled("device", np.arange(0, N, 7), backing)
+    pinned = RowCache.filled("pinned", np.arange(1, N, 5), backing)
+    return TieredStore([device, pinned], backing)
+
+
+STORES: dict[str, Callable[[np.ndarray, Path], FeatureStore]] = {
+    "memory": lambda x, p: MemoryStore(torch.from_numpy(x)),
+    "mmap": lambda x, p: MmapStore(np.load(p, mmap_mode="r"), torch.float32),
+    "direct": lambda x, p: DirectStore(p, torch.float32, threads=4, max_run=8192),
+    "buffered": lambda x, p: DirectStore(p, torch.float32, direct=False),
+    "tiered": tiered,
+}
+
+
+@pytest.mark.parametrize("name", sorted(STORES))
+def test_contract(name: str, features: tuple[np.ndarray, Path]) -> None:
+    x, path = features
+    with STORES[name](x, path) as store:
+        assert (store.num_rows, store.dim, store.dtype, store.row_bytes) == (N, D, torch.float32, 4 * D)
+        ids = np.random.default_rng(1).integers(0, N, 500)  # duplicates included
+        assert torch.equal(store.gather(ids), torch.from_numpy(x[ids]))
+        out = torch.full((3, D), -1.0)
+        assert store.gather(torch.tensor([N - 1, 0, N - 1]), out=out) is out  # preallocated output
+        assert torch.equal(out, torch.from_numpy(x[[N - 1, 0, N - 1]]))
+        assert store.gather([]).shape == (0, D)
+        assert store.stats.rows == 503
+        with pytest.raises(InputError, match=f"row id {N} is out of range"):
+            store.gather([0, N])
+        with pytest.raises(InputError, match="row id -1"):
+            store.gather([-1])
+        with pytest.raises(InputError, match="output is"):
+            store.gather([1, 2], out=torch.empty(3, D))
+        with pytest.raises(InputError, match="integer"):
+            store.gather(torch.tensor([0.5]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(ids=st.lists(st.integers(0, N - 1), max_size=300), cached=st.lists(st.integers(0, N - 1), max_size=200))
+def test_tiered_equals_memory(features: tuple[np.ndarray, Path], ids: list[int], cached: list[int]) -> None:
+    x, path = features
+    backing = MmapStore(np.load(path, mmap_mode="r"), torch.float32)
+    cache = RowCache.filled("device", cached, backing)
+    store = TieredStore([cache], backing)
+    assert torch.equal(store.gather(ids), torch.from_numpy(x[ids]))
+    held = set(cached)
+    assert store.stats.hits.get("device", 0) == sum(i in held for i in ids)
+    assert store.stats.rows == len(ids)
+
+
+def test_hits_bytes_and_amplification(features: tuple[np.ndarray, Path]) -> None:
+    x, path = features
+    store = tiered(x, path)
+    ids = np.arange(0, 700)
+    store.gather(ids)
+    s = store.stats
+    device, pinned = len(range(0, 700, 7)), len([i for i in range(1, 700, 5) if i % 7])
+    assert s.hits == {"device": device, "pinned": pinned, "disk": 700 - device - pinned}
+    assert s.disk_rows == 700 - device - pinned
+    # the misses are read as one run over rows 0..699 (28 pages), cached rows' bytes included
+    assert s.disk_reads == 1 and s.disk_bytes_read == 28 * 4096
+    assert s.read_amplification == pytest.approx(28 * 4096 / (s.disk_rows * 160))
+    store.close()
+    with DirectStore(path, torch.float32) as direct:  # no holes: only the partial end pages are extra
+        direct.gather(np.arange(1000, 3000))
+        assert 1.0 <= direct.stats.read_amplification < 1.05
+
+
+def test_direct_reads_coalesce_rows_in_one_page(features: tuple[np.ndarray, Path]) -> None:
+    x, path = features
+    with DirectStore(path, torch.float32) as store:
+        store.gather(np.arange(25))  # 4000 bytes from byte 4096: one page
+        assert store.stats.disk_reads == 1 and store.stats.disk_bytes_read == 4096
+        store.gather([0, 2000])  # far apart: two reads, a page each
+        assert store.stats.disk_reads == 3 and store.stats.disk_bytes_read == 3 * 4096
+
+
+def test_placement_by_hotness() -> None:
+    counts = np.random.default_rng(0).integers(0, 20, 10_000)
+    tiers = place_by_hotness(counts, [100, 300], chunk=777)
+    order = np.lexsort((np.arange(counts.size), -counts))  # hottest first, ties by lower id
+    want = order[: 400][counts[order[:400]] > 0]
+    assert np.array_equal(np.sort(np.concatenate(tiers)), np.sort(want))
+    assert np.array_equal(tiers[0], np.sort(want[:100])) and counts[tiers[0]].min() >= counts[tiers[1]].max()
+    assert [t.size for t in place_by_hotness(np.array([0, 0, 3]), [2, 2])] == [1, 0]  # never-used nodes stay out
