@@ -1,0 +1,436 @@
+"""DiskGNN packing: each segment's cache misses stored contiguously, in the order its batches need them.
+
+For every segment of ``segment_batches`` consecutive batches of a planned epoch, the rows its
+batches need that neither cache holds are written to one file, each row once, in order of first
+use. Training then reads a segment with one large sequential O_DIRECT read instead of one
+random 4 KiB read per row. Packing is batched: one sequential pass over the feature file per
+group of segments (as many as ``memory_budget`` holds), scattering rows into the group's
+buffers, never one random read per row. ``pack_budget`` caps the packed bytes on disk;
+segments past it are left unpacked (their rows come from the tiered store).
+
+Layout, beside the plan's epochs::
+
+    PLAN/packs/NAME/epoch-000003/pack.json        segments (batches, rows, file, size, CRC-32), the
+                                                  cache placement's digest, the dataset identity
+    PLAN/packs/NAME/epoch-000003/positions.npy    int32, aligned with the epoch's nodes.npy: the row
+                                                  of each batch node in its segment; -1 = cached,
+                                                  -2 = in an unpacked segment
+    PLAN/packs/NAME/epoch-000003/segment-000000.npy   [rows, D] features (the dataset's dtype)
+
+Example:
+    >>> packed = pack_epoch(plan, 0, cached_ids=np.array([...]), spec=PackSpec())   # doctest: +SKIP
+    >>> rows = packed.read_segment(0)                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import shutil
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gnn_ooc.capabilities import o_direct_flag
+from gnn_ooc.graphstore.atomic import LockedDir, _fsync_dir, remove_stale
+from gnn_ooc.graphstore.base import ChecksumError, DatasetError, MemoryBudgetError
+from gnn_ooc.graphstore.direct import copy_rows
+from gnn_ooc.graphstore.npyfile import (
+    NpyWriter,
+    file_checksum,
+    format_checksum,
+    write_array,
+    write_bytes_entry,
+)
+
+PACK_FORMAT = "gnn-ooc-pack"
+PACK_VERSION = 1
+PAGE = 4096
+CACHED, UNPACKED = -1, -2
+
+
+@dataclass(frozen=True)
+class PackSpec:
+    """How to pack; the defaults here are the only defaults.
+
+    Example:
+        >>> PackSpec(segment_batches=32).segment_batches
+        32
+    """
+
+    name: str = "default"
+    segment_batches: int = 64
+    memory_budget: int = 1 << 30
+    pack_budget: int | None = None
+    read_chunk: int = 16 << 20
+
+
+@dataclass(frozen=True)
+class PackStats:
+    """What packing one epoch did (bytes and seconds)."""
+
+    epoch: int
+    segments: int
+    packed_segments: int
+    rows: int
+    bytes_written: int
+    bytes_read: int
+    passes: int
+    seconds: float
+
+
+def cache_digest(cached_ids: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(np.sort(cached_ids), dtype=np.int64).tobytes()).hexdigest()[:32]
+
+
+# --- planning the segments -------------------------------------------------------------------------
+@dataclass
+class _Segment:
+    first_batch: int
+    batches: int
+    ids: np.ndarray        # global ids in order of first use
+    positions: np.ndarray  # per node of the segment's batches: row in the segment or CACHED
+    packed: bool = True
+
+
+def _segment(nodes: np.ndarray, cached_sorted: np.ndarray, first_batch: int, batches: int) -> _Segment:
+    nodes = np.asarray(nodes, dtype=np.int64)
+    miss = ~_isin_sorted(nodes, cached_sorted)
+    uniq, first, inverse = np.unique(nodes[miss], return_index=True, return_inverse=True)
+    rank = np.empty(uniq.size, np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(uniq.size)
+    positions = np.full(nodes.size, CACHED, np.int64)
+    positions[miss] = rank[inverse]
+    ids = np.empty(uniq.size, np.int64)
+    ids[rank] = uniq
+    return _Segment(first_batch, batches, ids, positions)
+
+
+def _isin_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    if sorted_set.size == 0:
+        return np.zeros(values.shape, bool)
+    pos = np.minimum(np.searchsorted(sorted_set, values), sorted_set.size - 1)
+    return sorted_set[pos] == values
+
+
+def plan_segments(epoch_plan: Any, cached_ids: np.ndarray, segment_batches: int) -> list[_Segment]:
+    """The segments of an epoch: which rows each stores, in need order, and where each batch node is."""
+    cached_sorted = np.unique(np.asarray(cached_ids, dtype=np.int64))
+    index, nodes = epoch_plan.index, epoch_plan._nodes
+    out = []
+    for b0 in range(0, len(epoch_plan), segment_batches):
+        b1 = min(len(epoch_plan), b0 + segment_batches)
+        out.append(_segment(nodes[index[b0, 0] : index[b1, 0]], cached_sorted, b0, b1 - b0))
+    return out
+
+
+# --- the scatter pass ------------------------------------------------------------------------------
+class _FeatureFile:
+    """Sequential aligned reads of a feature ``.npy`` (O_DIRECT where the filesystem allows)."""
+
+    def __init__(self, path: Path) -> None:
+        arr = np.load(path, mmap_mode="r")
+        self.path, self.rows, self.dtype = path, arr.shape[0], arr.dtype
+        self.row_bytes = int(arr.dtype.itemsize * arr.shape[1])
+        self.dim, self.offset = int(arr.shape[1]), int(arr.offset)
+        del arr
+        try:
+            self.fd = os.open(path, os.O_RDONLY | o_direct_flag())
+        except OSError:
+            self.fd = os.open(path, os.O_RDONLY)
+        self.bytes_read = 0
+
+    def chunks(self, chunk_bytes: int) -> Any:
+        """Yield (first row, rows, bytes of those rows) covering the file in order."""
+        rows_per = max(1, chunk_bytes // self.row_bytes)
+        # page-aligned (anonymous map) for O_DIRECT; freed with its last view, not closed, since
+        # the caller may still hold the last chunk
+        buf = mmap.mmap(-1, _round_up(rows_per * self.row_bytes + 2 * PAGE))
+        view = np.frombuffer(buf, np.uint8)
+        for r0 in range(0, self.rows, rows_per):
+            r1 = min(self.rows, r0 + rows_per)
+            start = self.offset + r0 * self.row_bytes
+            lo = start // PAGE * PAGE
+            n = _round_up(self.offset + r1 * self.row_bytes - lo)
+            self.bytes_read += os.preadv(self.fd, [memoryview(buf)[:n]], lo)
+            yield r0, r1, view[start - lo : start - lo + (r1 - r0) * self.row_bytes]
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _round_up(n: int) -> int:
+    return (n + PAGE - 1) // PAGE * PAGE
+
+
+def _scatter_group(feat: _FeatureFile, group: list[_Segment], chunk: int) -> list[np.ndarray]:
+    """One sequential pass over the feature file filling every segment of ``group`` (bytes per row)."""
+    sizes = [s.ids.size for s in group]
+    dest = np.zeros(sum(sizes) * feat.row_bytes, np.uint8)
+    starts = np.concatenate([[0], np.cumsum(sizes)])[:-1]
+    ids = np.concatenate([s.ids for s in group]) if group else np.empty(0, np.int64)
+    slot = np.concatenate([st + np.arange(s.ids.size) for st, s in zip(starts, group)]) if group else ids
+    order = np.argsort(ids, kind="stable")
+    ids, slot = ids[order], slot[order]
+    for r0, r1, rows in feat.chunks(chunk):
+        a, b = np.searchsorted(ids, r0), np.searchsorted(ids, r1)
+        if a < b:
+            copy_rows(rows, (ids[a:b] - r0) * feat.row_bytes, feat.row_bytes, dest, slot[a:b])
+    out, at = [], 0
+    for n in sizes:
+        out.append(dest[at * feat.row_bytes : (at + n) * feat.row_bytes])
+        at += n
+    return out
+
+
+def _groups(segments: list[_Segment], row_bytes: int, budget: int) -> list[list[int]]:
+    """Indices of packed segments, grouped so each group's rows fit in ``budget`` bytes."""
+    groups: list[list[int]] = [[]]
+    held = 0
+    for k, s in enumerate(segments):
+        if not s.packed:
+            continue
+        size = s.ids.size * row_bytes
+        if size > budget:
+            raise MemoryBudgetError(
+                f"segment of batches {s.first_batch}..{s.first_batch + s.batches - 1} packs {size >> 20} MiB, "
+                f"more than the packing memory budget ({budget >> 20} MiB): use fewer batches per segment"
+            )
+        if held + size > budget and groups[-1]:
+            groups.append([])
+            held = 0
+        groups[-1].append(k)
+        held += size
+    return [g for g in groups if g]
+
+
+# --- packing an epoch ------------------------------------------------------------------------------
+def pack_epoch(plan: Any, epoch: int, cached_ids: np.ndarray, features_path: str | os.PathLike[str],
+               spec: PackSpec = PackSpec(), *, progress: Any = None) -> PackStats:
+    """Pack epoch ``epoch`` of ``plan`` (atomically; an existing pack for the same caches is kept)."""
+    t0 = time.perf_counter()
+    root = plan.path / "packs" / spec.name
+    target = root / f"epoch-{epoch:06d}"
+    digest = cache_digest(np.asarray(cached_ids, dtype=np.int64))
+    if (target / "pack.json").is_file() and json.loads((target / "pack.json").read_text())["cache"] == digest:
+        return PackStats(epoch, 0, 0, 0, 0, 0, 0, 0.0)
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale(root, f".{target.name}.partial-", "gnn-ooc pack")
+    segments = plan_segments(plan.epoch(epoch), cached_ids, spec.segment_batches)
+    feat = _FeatureFile(Path(features_path))
+    stage = LockedDir(root / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        stats = _write_pack(stage.path, plan, epoch, segments, feat, spec, digest)
+        if target.exists():
+            _replace(target, root)
+        os.rename(stage.path, target)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(stage.path, ignore_errors=True)
+        raise
+    finally:
+        stage.release()
+        feat.close()
+    stats = PackStats(**{**stats.__dict__, "seconds": time.perf_counter() - t0})
+    if progress:
+        progress(f"packed epoch {epoch}: {stats.packed_segments}/{stats.segments} segments, "
+                 f"{stats.bytes_written / 2**20:.0f} MiB in {stats.seconds:.2f} s ({stats.passes} passes)")
+    return stats
+
+
+def _replace(target: Path, root: Path) -> None:
+    gone = root / f".{target.name}.removed-{uuid.uuid4().hex[:8]}"
+    os.rename(target, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def _apply_budget(segments: list[_Segment], row_bytes: int, budget: int | None) -> None:
+    used = 0
+    for s in segments:
+        size = s.ids.size * row_bytes
+        s.packed = budget is None or used + size <= budget
+        used += size if s.packed else 0
+        if not s.packed:
+            s.positions = np.where(s.positions == CACHED, CACHED, UNPACKED)
+
+
+def _write_pack(out: Path, plan: Any, epoch: int, segments: list[_Segment], feat: _FeatureFile,
+                spec: PackSpec, digest: str) -> PackStats:
+    _apply_budget(segments, feat.row_bytes, spec.pack_budget)
+    groups = _groups(segments, feat.row_bytes, max(feat.row_bytes, spec.memory_budget - spec.read_chunk))
+    files: dict[int, dict[str, Any]] = {}
+    written = 0
+    for group in groups:
+        for k, rows in zip(group, _scatter_group(feat, [segments[k] for k in group], spec.read_chunk)):
+            seg = segments[k]
+            with NpyWriter(out / f"segment-{k:06d}.npy", feat.dtype, (seg.ids.size, feat.dim), root=out) as w:
+                w.write(rows.view(feat.dtype).reshape(seg.ids.size, feat.dim))
+            assert w.entry is not None
+            files[k] = {"name": w.entry.name, "size": w.entry.size, "checksum": w.entry.checksum}
+            written += w.entry.size
+    positions = np.concatenate([s.positions for s in segments]).astype(np.int32)
+    pos_entry = write_array(out / "positions.npy", positions, root=out)
+    meta = {
+        "format": PACK_FORMAT, "version": PACK_VERSION, "epoch": epoch, "cache": digest,
+        "dataset": plan.meta["dataset"]["identity"], "row_bytes": feat.row_bytes, "dtype": str(feat.dtype),
+        "dim": feat.dim, "segment_batches": spec.segment_batches,
+        "positions": {"name": pos_entry.name, "size": pos_entry.size, "checksum": pos_entry.checksum},
+        "segments": [{"first_batch": s.first_batch, "batches": s.batches, "rows": int(s.ids.size),
+                      "packed": s.packed, **files.get(k, {})} for k, s in enumerate(segments)],
+    }
+    write_bytes_entry(out / "pack.json", out, json.dumps(meta, indent=2).encode())
+    packed = sum(s.packed for s in segments)
+    return PackStats(epoch, len(segments), packed, int(sum(s.ids.size for s in segments if s.packed)),
+                     written, feat.bytes_read, len(groups), 0.0)
+
+
+# --- reading ---------------------------------------------------------------------------------------
+class PackedEpoch:
+    """A packed epoch: ``read_segment`` returns a segment's rows from one sequential read.
+
+    ``positions(b)`` says where each node of batch ``b`` is: its row in the batch's segment,
+    ``CACHED`` (-1) or ``UNPACKED`` (-2).
+    """
+
+    def __init__(self, plan: Any, epoch: int, name: str = "default") -> None:
+        self.path = plan.path / "packs" / name / f"epoch-{epoch:06d}"
+        meta_path = self.path / "pack.json"
+        if not meta_path.is_file():
+            raise DatasetError(f"{self.path}: epoch {epoch} is not packed")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta["dataset"] != plan.meta["dataset"]["identity"]:
+            raise DatasetError(f"{self.path}: packed for another dataset")
+        self.epoch_plan = plan.epoch(epoch)
+        self._check_size(self.meta["positions"])
+        for seg in self.meta["segments"]:
+            if seg["packed"]:
+                self._check_size(seg)
+        self._positions = np.load(self.path / "positions.npy", mmap_mode="r")
+        self.segment_batches = int(self.meta["segment_batches"])
+        self.row_bytes, self.dim = int(self.meta["row_bytes"]), int(self.meta["dim"])
+        self.dtype = np.dtype(self.meta["dtype"])
+        self._buf: mmap.mmap | None = None
+        self.bytes_read = 0
+
+    def _check_size(self, entry: dict[str, Any]) -> None:
+        path = self.path / entry["name"]
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise ChecksumError(path, "file is missing") from None
+        if size != entry["size"]:
+            raise ChecksumError(path, f"size {size} B differs from pack.json's {entry['size']} B (truncated?)")
+
+    @property
+    def segments(self) -> list[dict[str, Any]]:
+        return list(self.meta["segments"])
+
+    def segment_of(self, batch: int) -> int:
+        return batch // self.segment_batches
+
+    def positions(self, batch: int) -> np.ndarray:
+        index = self.epoch_plan.index
+        return np.asarray(self._positions[index[batch, 0] : index[batch + 1, 0]], dtype=np.int64)
+
+    def read_segment(self, k: int, *, verify: bool = False) -> np.ndarray:
+        """Segment ``k``'s rows ([rows, D], the dataset's dtype) from one sequential (O_DIRECT) read.
+
+        The array lives in a buffer reused by the next call; copy it to keep it. ``verify``
+        checks the CRC-32 and raises ``ChecksumError`` naming the file.
+        """
+        seg = self.meta["segments"][k]
+        if not seg["packed"]:
+            raise DatasetError(f"{self.path}: segment {k} is not packed (over the pack budget)")
+        path = self.path / seg["name"]
+        data_len = seg["rows"] * self.row_bytes
+        buf = self._buffer(_round_up(PAGE + data_len))
+        got = _read_file(path, buf, PAGE + data_len)
+        self.bytes_read += got
+        if got < PAGE + data_len:
+            raise ChecksumError(path, f"read {got} B, expected {PAGE + data_len} B (truncated?)")
+        raw = np.frombuffer(buf, np.uint8, count=PAGE + data_len)
+        if verify:
+            crc = format_checksum(zlib.crc32(memoryview(raw)))
+            if crc != seg["checksum"]:
+                raise ChecksumError(path, f"checksum {crc} differs from pack.json's {seg['checksum']}")
+        return raw[PAGE:].view(self.dtype).reshape(seg["rows"], self.dim)
+
+    def _buffer(self, nbytes: int) -> mmap.mmap:
+        if self._buf is None or len(self._buf) < nbytes:
+            self._buf = mmap.mmap(-1, max(nbytes, 1 << 20))
+        return self._buf
+
+    def verify(self) -> None:
+        """Check every file's size and CRC-32; raises ``ChecksumError`` naming the first bad one."""
+        for entry in [self.meta["positions"], *[s for s in self.meta["segments"] if s["packed"]]]:
+            self._check_size(entry)
+            path = self.path / entry["name"]
+            if file_checksum(path) != entry["checksum"]:
+                raise ChecksumError(path, f"checksum differs from {self.path / 'pack.json'}")
+
+
+def _read_file(path: Path, buf: mmap.mmap, nbytes: int) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY | o_direct_flag())
+    except OSError:
+        fd = os.open(path, os.O_RDONLY)
+    try:
+        view, got = memoryview(buf), 0
+        want = _round_up(nbytes)
+        while got < want:
+            n = os.preadv(fd, [view[got : min(want, got + (64 << 20))]], got)
+            if n <= 0:
+                break
+            got += n
+        view.release()
+        return min(got, nbytes)
+    finally:
+        os.close(fd)
+
+
+class PackedReader:
+    """Batch features of a packed epoch: segment rows (one sequential read per segment), cached rows
+    from the caches, and rows of unpacked segments from ``store``.
+
+    Example:
+        >>> reader = PackedReader(PackedEpoch(plan, 0), store)     # doctest: +SKIP
+        >>> x = reader.batch(0)                                     # [nodes of batch 0, D] tensor
+    """
+
+    def __init__(self, packed: PackedEpoch, store: Any) -> None:
+        self.packed, self.store = packed, store
+        self._segment: int | None = None
+        self._rows: Any = None
+
+    def batch(self, b: int, out: Any = None) -> Any:
+        import torch
+
+        node = self.packed.epoch_plan.batch(b).node
+        pos = self.packed.positions(b)
+        out = out if out is not None else torch.empty((node.size, self.store.dim), dtype=self.store.dtype)
+        from_seg = pos >= 0
+        if from_seg.any():
+            rows = self._segment_rows(self.packed.segment_of(b))
+            out[torch.from_numpy(np.flatnonzero(from_seg))] = rows[torch.from_numpy(pos[from_seg])]
+            self.store.stats.add_hits("packed", int(from_seg.sum()), from_disk=False)
+        rest = np.flatnonzero(~from_seg)
+        if rest.size:
+            out[torch.from_numpy(rest)] = self.store.gather(node[rest])
+        return out
+
+    def _segment_rows(self, k: int) -> Any:
+        import torch
+
+        if self._segment != k:
+            arr = self.packed.read_segment(k)
+            t = torch.from_numpy(arr)
+            self._rows = t.view(self.store.dtype) if t.dtype != self.store.dtype else t
+            self._segment = k
+        return self._rows

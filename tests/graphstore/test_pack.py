@@ -1,0 +1,102 @@
+"""DiskGNN packing: round trip, dedup within a segment, budgets, batched passes, corruption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gnn_ooc.graphstore.base import ChecksumError, MemoryBudgetError, PreprocessSpec
+from gnn_ooc.graphstore.dataset import Dataset
+from gnn_ooc.graphstore.pack import CACHED, UNPACKED, PackedEpoch, PackSpec, pack_epoch
+from gnn_ooc.graphstore.placement import place_by_hotness
+from gnn_ooc.graphstore.preprocess import preprocess
+from gnn_ooc.sampler.neighbor import NeighborSampler
+from gnn_ooc.sampler.plan import PlanSpec, plan_epochs
+from tests.conftest import write_raw
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dataset, object, np.ndarray]:
+    root = tmp_path_factory.mktemp("pack")
+    rng = np.random.default_rng(0)
+    n = 2000
+    x = rng.standard_normal((n, 24)).astype(np.float32)
+    write_raw(root / "raw", rng.integers(0, n, 20000), np.minimum(rng.zipf(1.6, 20000) - 1, n - 1), features=x,
+              splits={"train": np.arange(0, 1500)})
+    preprocess(PreprocessSpec(output=root / "ds", edges=(root / "raw" / "edges.parquet",), undirected=True,
+                              features=root / "raw" / "node_features.npy", split_dir=root / "raw" / "split"))
+    ds = Dataset.open(root / "ds")
+    plan = plan_epochs(ds, NeighborSampler(ds, [5, 3]), 2, PlanSpec(batch_size=100, seed=1))
+    return ds, plan, x
+
+
+def features_path(ds: Dataset) -> Path:
+    return ds.path / ds.manifest.files["features"].name
+
+
+def check_round_trip(ds: Dataset, plan: object, x: np.ndarray, epoch: int, cached: np.ndarray, name: str) -> PackedEpoch:
+    packed = PackedEpoch(plan, epoch, name)
+    ep = plan.epoch(epoch)  # type: ignore[attr-defined]
+    held = set(cached.tolist())
+    for k, seg in enumerate(packed.segments):
+        rows = packed.read_segment(k, verify=True).copy() if seg["packed"] else None
+        if rows is not None:
+            assert rows.shape[0] == seg["rows"]
+            assert len({r.tobytes() for r in rows}) == rows.shape[0]  # each row stored once per segment
+        for b in range(seg["first_batch"], seg["first_batch"] + seg["batches"]):
+            node, pos = ep.batch(b).node, packed.positions(b)
+            assert np.array_equal(pos == CACHED, np.isin(node, list(held)))
+            if rows is None:
+                assert np.all(pos[pos != CACHED] == UNPACKED)
+            else:
+                assert np.array_equal(rows[pos[pos >= 0]], x[node[pos >= 0]])  # every batch's rows
+    return packed
+
+
+@pytest.mark.parametrize("segment_batches", [1, 4, 100])
+def test_round_trip(setup: tuple, segment_batches: int) -> None:
+    ds, plan, x = setup
+    cached = place_by_hotness(plan.epoch(0).access_counts(), [150])[0]
+    name = f"rt{segment_batches}"
+    stats = pack_epoch(plan, 0, cached, features_path(ds), PackSpec(name=name, segment_batches=segment_batches))
+    assert stats.packed_segments == stats.segments == -(-len(plan.epoch(0)) // segment_batches)
+    assert stats.passes == 1
+    check_round_trip(ds, plan, x, 0, cached, name)
+    again = pack_epoch(plan, 0, cached, features_path(ds), PackSpec(name=name, segment_batches=segment_batches))
+    assert again.segments == 0  # the same caches: kept
+
+
+def test_several_passes_and_pack_budget(setup: tuple) -> None:
+    ds, plan, x = setup
+    cached = np.arange(0, 2000, 3)
+    small = PackSpec(name="passes", segment_batches=2, memory_budget=80 * 1024, read_chunk=16 * 1024)
+    stats = pack_epoch(plan, 1, cached, features_path(ds), small)
+    assert stats.passes > 1 and stats.bytes_read >= stats.passes * 2000 * 96  # one file read per group
+    check_round_trip(ds, plan, x, 1, cached, "passes")
+    budget = PackSpec(name="budget", segment_batches=2, pack_budget=60 * 1024)
+    stats = pack_epoch(plan, 1, cached, features_path(ds), budget)
+    assert 0 < stats.packed_segments < stats.segments and stats.bytes_written <= 60 * 1024 + stats.packed_segments * 4096
+    check_round_trip(ds, plan, x, 1, cached, "budget")
+    with pytest.raises(MemoryBudgetError, match="fewer batches per segment"):
+        pack_epoch(plan, 1, cached, features_path(ds), PackSpec(name="tiny", segment_batches=50, memory_budget=20 * 1024,
+                                                                 read_chunk=4096))
+    assert not (plan.path / "packs" / "tiny" / "epoch-000001").exists()
+
+
+def test_corrupt_or_truncated_segment_is_named(setup: tuple) -> None:
+    ds, plan, x = setup
+    pack_epoch(plan, 0, np.array([], np.int64), features_path(ds), PackSpec(name="bad", segment_batches=5))
+    packed = PackedEpoch(plan, 0, "bad")
+    seg = packed.path / packed.segments[1]["name"]
+    data = bytearray(seg.read_bytes())
+    data[5000] ^= 0x40
+    seg.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="segment-000001.npy: checksum"):
+        packed.read_segment(1, verify=True)
+    with pytest.raises(ChecksumError, match="segment-000001.npy: checksum"):
+        packed.verify()
+    seg.write_bytes(bytes(data[:-100]))
+    with pytest.raises(ChecksumError, match="segment-000001.npy: size"):
+        PackedEpoch(plan, 0, "bad")
