@@ -357,7 +357,7 @@ class PackedEpoch:
             raise ChecksumError(path, f"read {got} B, expected {PAGE + data_len} B (truncated?)")
         raw = np.frombuffer(buf, np.uint8, count=PAGE + data_len)
         if verify:
-            crc = format_checksum(zlib.crc32(memoryview(raw)))
+            crc = format_checksum(zlib.crc32(raw.data))
             if crc != seg["checksum"]:
                 raise ChecksumError(path, f"checksum {crc} differs from pack.json's {seg['checksum']}")
         return raw[PAGE:].view(self.dtype).reshape(seg["rows"], self.dim)
