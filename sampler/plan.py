@@ -672,7 +672,9 @@ class BackgroundPlanner:
     """
 
     def __init__(self, dataset: Dataset | str | os.PathLike[str], sampler: Sampler, spec: PlanSpec,
-                 epochs: Sequence[int], *, keep_epochs: int = 2, force: bool = False) -> None:
+                 epochs: Sequence[int], *, keep_epochs: int = 2, force: bool = False,
+                 pack: tuple[Any, np.ndarray] | None = None) -> None:
+        """``pack=(PackSpec, cached ids)`` also packs each epoch (DiskGNN) in the child, after planning it."""
         if keep_epochs < 1:
             raise PlanError(f"keep_epochs must be >= 1, got {keep_epochs}")
         # created here, so a mismatched plan fails in the caller, not in the child
@@ -680,6 +682,7 @@ class BackgroundPlanner:
         self.ds_path = str(self.plan.path.parents[1])
         self.sampler, self.spec, self.epochs = sampler, spec, [int(e) for e in epochs]
         self.keep_epochs = keep_epochs
+        self.pack = pack
         self._done: set[int] = set()
         self._released: set[int] = set()
         self._proc: Any = None
@@ -695,7 +698,7 @@ class BackgroundPlanner:
             # pickled here and loaded inside the child's error handling, so a failure to reopen
             # the sampler's dataset is reported like any other
             args=(self.ds_path, pickle.dumps(self.sampler), self.spec, self.epochs, self._slots, self._queue,
-                  os.getpid()),
+                  os.getpid(), self.pack),
         )
         self._proc.start()
         return self
@@ -725,6 +728,8 @@ class BackgroundPlanner:
             raise PlanError(f"release({epoch}): the epoch was not waited for, or was released already")
         self._released.add(epoch)
         self.plan.release(epoch)
+        if self.pack is not None:
+            _remove_dir(self.plan.path / "packs" / self.pack[0].name / _epoch_dir(epoch), self.plan.path)
         self._slots.release()
 
     def close(self) -> None:
@@ -742,16 +747,21 @@ class BackgroundPlanner:
 
 
 def _background_main(ds_path: str, sampler_blob: bytes, spec: PlanSpec, epochs: list[int],
-                     slots: Any, out: Any, parent: int) -> None:
+                     slots: Any, out: Any, parent: int, pack: tuple[Any, np.ndarray] | None) -> None:
     import traceback
 
     try:
         planner = Planner(ds_path, pickle.loads(sampler_blob), spec)
+        features = planner.ds.path / planner.ds.manifest.files["features"].name if pack else None
         for e in epochs:
             while not slots.acquire(timeout=1.0):
                 if os.getppid() != parent:
                     return  # the trainer is gone
             planner.plan_epoch(e)
+            if pack is not None:
+                from gnn_ooc.graphstore.pack import pack_epoch
+
+                pack_epoch(planner.plan, e, pack[1], features, pack[0])
             out.put(("done", e))
     except BaseException:
         out.put(("error", traceback.format_exc()))

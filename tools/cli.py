@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(sub)
     _add_synth(sub)
     _add_sample(sub)
+    _add_pack(sub)
     return parser
 
 
@@ -277,6 +278,70 @@ def _run_sample(args: argparse.Namespace) -> int:
         secs = sum(x["seconds"] for x in done)
         print(f"{planner.path}: {len(done)} epochs planned ({len(epochs) - len(done)} already there), "
               f"{planner.num_batches} batches each, {edges:,} edges in {secs:.2f} s; on disk: {planner.plan.epochs()}")
+    return 0
+
+
+# --- pack ------------------------------------------------------------------------------------------
+def _add_pack(sub: Any) -> None:
+    p = sub.add_parser("pack", help="place caches by a plan's hotness and pack each planned epoch's misses (DiskGNN)",
+                       description="Fill-by-hotness cache placement, then per segment of batches the rows that miss "
+                                   "both caches, stored contiguously in the order the batches need them.")
+    p.add_argument("dataset", type=Path)
+    p.add_argument("--plan", default="default", help="the plan's name (gnn-ooc sample --name)")
+    p.add_argument("--name", default="default", help="pack name (folder under PLAN/packs)")
+    p.add_argument("--segment-batches", type=int, default=64, help="batches per packed segment")
+    p.add_argument("--gpu-cache", type=parse_size, help="device cache bytes (default: a quarter of free GPU memory, "
+                                                        "or an eighth of --memory-budget without CUDA)")
+    p.add_argument("--cpu-cache", type=parse_size, help="pinned host cache bytes (default: a quarter of --memory-budget)")
+    p.add_argument("--memory-budget", type=parse_size, default=1 << 30)
+    p.add_argument("--pack-budget", help="cap on packed bytes on disk: bytes (e.g. 20G) or a multiple of the "
+                                         "feature file (e.g. 2x); default: no cap")
+    p.add_argument("--replace-placement", action="store_true", help="recompute the cache placement (repacks)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_run_pack)
+
+
+def _pack_budget(text: str | None, feature_bytes: int) -> int | None:
+    if text is None:
+        return None
+    if text.lower().endswith("x"):
+        return int(float(text[:-1]) * feature_bytes)
+    return parse_size(text)
+
+
+def _run_pack(args: argparse.Namespace) -> int:
+    from gnn_ooc.capabilities import cuda_available
+    from gnn_ooc.graphstore.dataset import Dataset
+    from gnn_ooc.graphstore.pack import PackSpec, pack_epoch
+    from gnn_ooc.graphstore.tiering import CacheBudgets, Placement, place_from_counts
+    from gnn_ooc.sampler.plan import Plan
+
+    ds = Dataset.open(args.dataset)
+    if not ds.has("features"):
+        raise ValueError(f"{ds.path}: the dataset has no features to pack")
+    plan = Plan.open(ds, args.plan)
+    features = ds.path / ds.manifest.files["features"].name
+    root = plan.path / "packs" / args.name
+    if (root / "placement" / "device.npy").is_file() and not args.replace_placement:
+        placement = Placement.load(root / "placement")
+    else:
+        row_bytes = ds.features.dtype.itemsize * ds.features.shape[1]
+        budgets = CacheBudgets(args.gpu_cache, args.cpu_cache, args.memory_budget)
+        placement = place_from_counts(plan.totals()[1], row_bytes, budgets, cuda_available())
+        placement.save(root / "placement")
+    budget = _pack_budget(args.pack_budget, features.stat().st_size)
+    results = []
+    for e in plan.epochs():
+        spec = PackSpec(name=args.name, segment_batches=args.segment_batches, memory_budget=args.memory_budget,
+                        pack_budget=budget)
+        stats = pack_epoch(plan, e, placement.cached, features, spec, progress=_say)
+        results.append(dataclasses.asdict(stats))
+        if budget is not None:
+            budget = max(0, budget - stats.bytes_written)
+    summary = {"packs": str(root), "device_rows": int(placement.device.size), "pinned_rows": int(placement.pinned.size),
+               "epochs": results}
+    print(json.dumps(summary, indent=2) if args.json else
+          f"{root}: {len(results)} epochs packed; caches hold {placement.device.size:,} + {placement.pinned.size:,} rows")
     return 0
 
 

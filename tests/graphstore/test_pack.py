@@ -100,3 +100,67 @@ def test_corrupt_or_truncated_segment_is_named(setup: tuple) -> None:
     seg.write_bytes(bytes(data[:-100]))
     with pytest.raises(ChecksumError, match="segment-000001.npy: size"):
         PackedEpoch(plan, 0, "bad")
+
+
+def test_background_planner_packs_each_epoch_and_release_removes_it(tmp_path: Path) -> None:
+    from gnn_ooc.sampler.plan import BackgroundPlanner, Plan
+
+    root = tmp_path
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((500, 8)).astype(np.float32)
+    write_raw(root / "raw", rng.integers(0, 500, 4000), rng.integers(0, 500, 4000), features=x,
+              splits={"train": np.arange(400)})
+    preprocess(PreprocessSpec(output=root / "ds", edges=(root / "raw" / "edges.parquet",),
+                              features=root / "raw" / "node_features.npy", split_dir=root / "raw" / "split"))
+    ds = Dataset.open(root / "ds")
+    cached = np.arange(0, 500, 4)
+    spec = PackSpec(name="bg", segment_batches=2)
+    with BackgroundPlanner(ds, NeighborSampler(ds, [4, 2]), PlanSpec(name="bgp", batch_size=50), range(3),
+                           keep_epochs=1, pack=(spec, cached)) as bp:
+        for e in range(3):
+            bp.wait(e, timeout=120)
+            plan = Plan.open(ds, "bgp")
+            check_round_trip(ds, plan, x, e, cached, "bg")
+            bp.release(e)
+            assert not (plan.path / "packs" / "bg" / f"epoch-{e:06d}").exists()
+
+
+def test_placement_from_plan_and_tiered_store(setup: tuple) -> None:
+    import torch
+
+    from gnn_ooc.graphstore.tiering import (
+        CacheBudgets,
+        Placement,
+        build_tiered_store,
+        place_from_counts,
+    )
+
+    ds, plan, x = setup
+    counts = plan.totals()[1]
+    placement = place_from_counts(counts, 96, CacheBudgets(gpu_cache=96 * 50, cpu_cache=96 * 200), cuda=False)
+    assert placement.device.size == 50 and placement.pinned.size == 200
+    assert counts[placement.device].min() >= counts[placement.pinned].max()  # hottest on the device
+    placement.save(plan.path / "placement-test")
+    again = Placement.load(plan.path / "placement-test")
+    assert np.array_equal(again.device, placement.device)
+    store = build_tiered_store(ds, placement)
+    node = plan.epoch(0).batch(3).node
+    assert torch.equal(store.gather(node), torch.from_numpy(x[node]))
+    hits = store.stats.hits
+    assert hits["device"] == np.isin(node, placement.device).sum() and sum(hits.values()) == node.size
+    assert store.stats.disk_rows == hits["disk"]
+    store.close()
+
+
+def test_cli_pack(setup: tuple, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from gnn_ooc.tools.cli import main
+
+    ds, plan, x = setup
+    args = ["pack", str(ds.path), "--plan", "default", "--name", "cli", "--segment-batches", "3",
+            "--gpu-cache", "4K", "--cpu-cache", "16K", "--pack-budget", "0.5x", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["device_rows"] == 4096 // 96 and len(out["epochs"]) == 2
+    assert sum(e["bytes_written"] for e in out["epochs"]) <= 0.5 * features_path(ds).stat().st_size + 40 * 4096
