@@ -401,7 +401,7 @@ class PackedReader:
 
     Example:
         >>> reader = PackedReader(PackedEpoch(plan, 0), store)     # doctest: +SKIP
-        >>> x = reader.batch(0)                                     # [nodes of batch 0, D] tensor
+        >>> x = reader.batch(0)                                     # doctest: +SKIP
     """
 
     def __init__(self, packed: PackedEpoch, store: Any) -> None:
@@ -412,7 +412,7 @@ class PackedReader:
     def batch(self, b: int, out: Any = None) -> Any:
         import torch
 
-        node = self.packed.epoch_plan.batch(b).node
+        node = self.packed.epoch_plan.nodes(b)
         pos = self.packed.positions(b)
         out = out if out is not None else torch.empty((node.size, self.store.dim), dtype=self.store.dtype)
         from_seg = pos >= 0

@@ -155,6 +155,12 @@ class EpochPlan:
             col=col, num_sampled_nodes=hop_nodes, num_sampled_edges=hop_edges, edge=edge,
         )
 
+    def nodes(self, b: int) -> np.ndarray:
+        """Batch ``b``'s node ids (seeds first) without reading its edges."""
+        if not 0 <= b < len(self):
+            raise IndexError(f"{self.path}: batch {b} out of range (the epoch has {len(self)})")
+        return np.array(self._nodes[self.index[b, 0] : self.index[b + 1, 0]], dtype=np.int64)
+
     def seeds(self, b: int) -> np.ndarray:
         """Batch ``b``'s seed ids without reading its edges."""
         if not 0 <= b < len(self):
