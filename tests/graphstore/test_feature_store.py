@@ -37,7 +37,30 @@ def tiered(x: np.ndarray, path: Path) -> FeatureStore:
     return TieredStore([device, pinned], backing)
 
 
+def future(x: np.ndarray, path: Path) -> FeatureStore:
+    from gnn_ooc.graphstore.future_cache import FutureAwareCache
+
+    backing = DirectStore(path, torch.float32)
+    batches = [np.arange(i, N, 97) for i in range(5)]
+    cache = FutureAwareCache(200, D, torch.float32, "cpu", backing, batches, window=2, victim_rows=50)
+    cache.prefetch(0)
+    return cache
+
+
+def online(kind: str) -> Callable[[np.ndarray, Path], FeatureStore]:
+    def make(x: np.ndarray, path: Path) -> FeatureStore:
+        from gnn_ooc.graphstore.online_cache import ClockCache, SieveCache
+
+        cls = SieveCache if kind == "sieve" else ClockCache
+        return cls(100, D, torch.float32, MmapStore(np.load(path, mmap_mode="r"), torch.float32))
+
+    return make
+
+
 STORES: dict[str, Callable[[np.ndarray, Path], FeatureStore]] = {
+    "future": future,
+    "sieve": online("sieve"),
+    "clock": online("clock"),
     "memory": lambda x, p: MemoryStore(torch.from_numpy(x)),
     "mmap": lambda x, p: MmapStore(np.load(p, mmap_mode="r"), torch.float32),
     "direct": lambda x, p: DirectStore(p, torch.float32, threads=4, max_run=8192),
