@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.gnn-ooc-installed
 DEMO   ?= demo
 
-.PHONY: setup demo test typecheck lint bench-preprocess bench-sampler clean
+.PHONY: setup demo test typecheck lint bench-preprocess bench-sampler bench-features clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-preprocess: setup
 
 bench-sampler: setup
 	$(BIN)/python -m gnn_ooc.tools.bench_sampler
+
+bench-features: setup
+	$(BIN)/python -m gnn_ooc.tools.bench_features
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache
