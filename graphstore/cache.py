@@ -24,10 +24,12 @@ class RowCache:
     def __init__(self, tier: str, ids: Any, rows: Any) -> None:
         import torch
 
-        order = torch.argsort(ids)
         self.tier = tier
-        self.ids = ids[order].contiguous()
-        self.rows = rows[order.to(rows.device)].contiguous()
+        if ids.numel() > 1 and not bool((ids[1:] > ids[:-1]).all()):
+            order = torch.argsort(ids)
+            ids, rows = ids[order], rows[order.to(rows.device)]
+        self.ids = ids.contiguous()  # sorted already (as ``filled`` makes them): no second copy
+        self.rows = rows.contiguous()
         if tier == "pinned" and cuda_available() and self.rows.device.type == "cpu":
             self.rows = self.rows.pin_memory()
         self._device_ids = self.ids.to(self.rows.device)
@@ -35,10 +37,12 @@ class RowCache:
 
     @classmethod
     def filled(cls, tier: str, ids: Any, source: FeatureStore, *, device: Any = "cpu",
-               chunk: int = 1 << 16) -> RowCache:
-        """A cache of ``ids`` with rows read from ``source`` in chunks (sorted, so disk reads are in order)."""
+               chunk_bytes: int = 8 << 20) -> RowCache:
+        """A cache of ``ids`` with rows read from ``source`` in chunks of ``chunk_bytes`` (sorted, so
+        disk reads are in order and the source's read buffer stays small)."""
         import torch
 
+        chunk = max(1, chunk_bytes // max(1, source.row_bytes))
         ids = torch.as_tensor(ids, dtype=torch.int64).unique()
         rows = torch.empty((ids.numel(), source.dim), dtype=source.dtype, device=device)
         for s in range(0, ids.numel(), chunk):

@@ -1,12 +1,15 @@
-"""DiskGNN packing: each segment's cache misses stored contiguously, in the order its batches need them.
+"""DiskGNN packing: each segment's cache misses stored contiguously, read back with one sequential read.
 
 For every segment of ``segment_batches`` consecutive batches of a planned epoch, the rows its
-batches need that neither cache holds are written to one file, each row once, in order of first
-use. Training then reads a segment with one large sequential O_DIRECT read instead of one
-random 4 KiB read per row. Packing is batched: one sequential pass over the feature file per
-group of segments (as many as ``memory_budget`` holds), scattering rows into the group's
-buffers, never one random read per row. ``pack_budget`` caps the packed bytes on disk;
-segments past it are left unpacked (their rows come from the tiered store).
+batches need that neither cache holds are written to one file, each row once. Training reads a
+segment with one large sequential O_DIRECT read before its batches, instead of one random
+4 KiB read per row. Rows sit in id order inside a segment (not in order of first use, as in
+DiskGNN): the segment is read whole either way, and id order lets packing stream: one
+sequential pass over the feature file per group of segments appends every segment's rows as
+they go by, so packing costs one read of the feature file plus one write of the packed bytes
+(a group is as many segments as half ``memory_budget`` can plan; never one random read per
+row). ``pack_budget`` caps the packed bytes on disk; segments past it are left unpacked (their
+rows come from the tiered store).
 
 Layout, beside the plan's epochs::
 
@@ -34,19 +37,17 @@ import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from gnn_ooc.capabilities import o_direct_flag
 from gnn_ooc.graphstore.atomic import LockedDir, _fsync_dir, remove_stale
 from gnn_ooc.graphstore.base import ChecksumError, DatasetError, MemoryBudgetError
-from gnn_ooc.graphstore.direct import copy_rows
 from gnn_ooc.graphstore.npyfile import (
     NpyWriter,
     file_checksum,
     format_checksum,
-    write_array,
     write_bytes_entry,
 )
 
@@ -54,6 +55,7 @@ PACK_FORMAT = "gnn-ooc-pack"
 PACK_VERSION = 1
 PAGE = 4096
 CACHED, UNPACKED = -1, -2
+WRITER_STAGING = 256 << 10  # per open segment file during a pass
 
 
 @dataclass(frozen=True)
@@ -95,21 +97,21 @@ def cache_digest(cached_ids: np.ndarray) -> str:
 class _Segment:
     first_batch: int
     batches: int
-    ids: np.ndarray        # global ids in order of first use
-    positions: np.ndarray  # per node of the segment's batches: row in the segment or CACHED
+    ids: np.ndarray        # the global ids the segment stores, sorted (the order of the file)
+    positions: np.ndarray  # per node of the segment's batches: its row in the segment, or CACHED
     packed: bool = True
+
+    @property
+    def planning_bytes(self) -> int:
+        return int(self.ids.nbytes + self.positions.nbytes)
 
 
 def _segment(nodes: np.ndarray, cached_sorted: np.ndarray, first_batch: int, batches: int) -> _Segment:
     nodes = np.asarray(nodes, dtype=np.int64)
     miss = ~_isin_sorted(nodes, cached_sorted)
-    uniq, first, inverse = np.unique(nodes[miss], return_index=True, return_inverse=True)
-    rank = np.empty(uniq.size, np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(uniq.size)
+    ids, inverse = np.unique(nodes[miss], return_inverse=True)  # each row once per segment
     positions = np.full(nodes.size, CACHED, np.int64)
-    positions[miss] = rank[inverse]
-    ids = np.empty(uniq.size, np.int64)
-    ids[rank] = uniq
+    positions[miss] = inverse
     return _Segment(first_batch, batches, ids, positions)
 
 
@@ -120,15 +122,13 @@ def _isin_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
     return sorted_set[pos] == values
 
 
-def plan_segments(epoch_plan: Any, cached_ids: np.ndarray, segment_batches: int) -> list[_Segment]:
-    """The segments of an epoch: which rows each stores, in need order, and where each batch node is."""
+def plan_segments(epoch_plan: Any, cached_ids: np.ndarray, segment_batches: int) -> Iterator[_Segment]:
+    """The segments of an epoch, one at a time: which rows each stores and where each batch node is."""
     cached_sorted = np.unique(np.asarray(cached_ids, dtype=np.int64))
     index, nodes = epoch_plan.index, epoch_plan._nodes
-    out = []
     for b0 in range(0, len(epoch_plan), segment_batches):
         b1 = min(len(epoch_plan), b0 + segment_batches)
-        out.append(_segment(nodes[index[b0, 0] : index[b1, 0]], cached_sorted, b0, b1 - b0))
-    return out
+        yield _segment(nodes[index[b0, 0] : index[b1, 0]], cached_sorted, b0, b1 - b0)
 
 
 # --- the scatter pass ------------------------------------------------------------------------------
@@ -170,45 +170,22 @@ def _round_up(n: int) -> int:
     return (n + PAGE - 1) // PAGE * PAGE
 
 
-def _scatter_group(feat: _FeatureFile, group: list[_Segment], chunk: int) -> list[np.ndarray]:
-    """One sequential pass over the feature file filling every segment of ``group`` (bytes per row)."""
-    sizes = [s.ids.size for s in group]
-    dest = np.zeros(sum(sizes) * feat.row_bytes, np.uint8)
-    starts = np.concatenate([[0], np.cumsum(sizes)])[:-1]
-    ids = np.concatenate([s.ids for s in group]) if group else np.empty(0, np.int64)
-    slot = np.concatenate([st + np.arange(s.ids.size) for st, s in zip(starts, group)]) if group else ids
-    order = np.argsort(ids, kind="stable")
-    ids, slot = ids[order], slot[order]
-    for r0, r1, rows in feat.chunks(chunk):
-        a, b = np.searchsorted(ids, r0), np.searchsorted(ids, r1)
-        if a < b:
-            copy_rows(rows, (ids[a:b] - r0) * feat.row_bytes, feat.row_bytes, dest, slot[a:b])
-    out, at = [], 0
-    for n in sizes:
-        out.append(dest[at * feat.row_bytes : (at + n) * feat.row_bytes])
-        at += n
-    return out
-
-
-def _groups(segments: list[_Segment], row_bytes: int, budget: int) -> list[list[int]]:
-    """Indices of packed segments, grouped so each group's rows fit in ``budget`` bytes."""
-    groups: list[list[int]] = [[]]
-    held = 0
-    for k, s in enumerate(segments):
-        if not s.packed:
-            continue
-        size = s.ids.size * row_bytes
-        if size > budget:
-            raise MemoryBudgetError(
-                f"segment of batches {s.first_batch}..{s.first_batch + s.batches - 1} packs {size >> 20} MiB, "
-                f"more than the packing memory budget ({budget >> 20} MiB): use fewer batches per segment"
-            )
-        if held + size > budget and groups[-1]:
-            groups.append([])
-            held = 0
-        groups[-1].append(k)
-        held += size
-    return [g for g in groups if g]
+def _stream_group(feat: _FeatureFile, group: list[tuple[int, _Segment]], out: Path, chunk: int) -> dict[int, Any]:
+    """One sequential pass over the feature file appending each packed segment's rows (in id order)."""
+    writers = {k: NpyWriter(out / f"segment-{k:06d}.npy", feat.dtype, (seg.ids.size, feat.dim), root=out,
+                            staging=WRITER_STAGING) for k, seg in group}
+    try:
+        for r0, r1, raw in feat.chunks(chunk):
+            rows = raw.view(feat.dtype).reshape(r1 - r0, feat.dim)
+            for k, seg in group:
+                a, b = np.searchsorted(seg.ids, r0), np.searchsorted(seg.ids, r1)
+                if a < b:
+                    writers[k].write(rows[seg.ids[a:b] - r0])
+        return {k: w.close() for k, w in writers.items()}
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
 
 
 # --- packing an epoch ------------------------------------------------------------------------------
@@ -251,44 +228,59 @@ def _replace(target: Path, root: Path) -> None:
     shutil.rmtree(gone, ignore_errors=True)
 
 
-def _apply_budget(segments: list[_Segment], row_bytes: int, budget: int | None) -> None:
-    used = 0
-    for s in segments:
-        size = s.ids.size * row_bytes
-        s.packed = budget is None or used + size <= budget
-        used += size if s.packed else 0
-        if not s.packed:
-            s.positions = np.where(s.positions == CACHED, CACHED, UNPACKED)
-
-
-def _write_pack(out: Path, plan: Any, epoch: int, segments: list[_Segment], feat: _FeatureFile,
+def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], feat: _FeatureFile,
                 spec: PackSpec, digest: str) -> PackStats:
-    _apply_budget(segments, feat.row_bytes, spec.pack_budget)
-    groups = _groups(segments, feat.row_bytes, max(feat.row_bytes, spec.memory_budget - spec.read_chunk))
-    files: dict[int, dict[str, Any]] = {}
-    written = 0
-    for group in groups:
-        for k, rows in zip(group, _scatter_group(feat, [segments[k] for k in group], spec.read_chunk)):
-            seg = segments[k]
-            with NpyWriter(out / f"segment-{k:06d}.npy", feat.dtype, (seg.ids.size, feat.dim), root=out) as w:
-                w.write(rows.view(feat.dtype).reshape(seg.ids.size, feat.dim))
-            assert w.entry is not None
-            files[k] = {"name": w.entry.name, "size": w.entry.size, "checksum": w.entry.checksum}
-            written += w.entry.size
-    positions = np.concatenate([s.positions for s in segments]).astype(np.int32)
-    pos_entry = write_array(out / "positions.npy", positions, root=out)
+    """Segments planned a group at a time (their planning data within half the memory budget),
+    each group packed by one sequential pass over the feature file."""
+    limit = max(1, spec.memory_budget // 2)
+    budget_left = spec.pack_budget
+    files: dict[int, Any] = {}
+    meta_segments: list[dict[str, Any]] = []
+    passes = rows = 0
+    with NpyWriter(out / "positions.npy", np.int32, (None,), root=out) as positions:
+        group: list[tuple[int, _Segment]] = []
+        for k, seg in enumerate(segments):
+            if seg.planning_bytes > spec.memory_budget:
+                raise MemoryBudgetError(
+                    f"segment of batches {seg.first_batch}..{seg.first_batch + seg.batches - 1} needs "
+                    f"{seg.planning_bytes >> 20} MiB to plan, more than the packing memory budget "
+                    f"({spec.memory_budget >> 20} MiB): use fewer batches per segment")
+            size = seg.ids.size * feat.row_bytes
+            seg.packed = budget_left is None or size <= budget_left
+            if budget_left is not None and seg.packed:
+                budget_left -= size
+            positions.write(_stored_positions(seg))
+            meta_segments.append({"first_batch": seg.first_batch, "batches": seg.batches,
+                                  "rows": int(seg.ids.size), "packed": seg.packed})
+            if seg.packed:
+                group.append((k, seg))
+                rows += int(seg.ids.size)
+            if group and sum(g.planning_bytes for _, g in group) > limit:
+                files.update(_stream_group(feat, group, out, spec.read_chunk))
+                passes, group = passes + 1, []
+        if group:
+            files.update(_stream_group(feat, group, out, spec.read_chunk))
+            passes += 1
+    assert positions.entry is not None
+    for k, entry in files.items():
+        meta_segments[k].update(name=entry.name, size=entry.size, checksum=entry.checksum)
     meta = {
         "format": PACK_FORMAT, "version": PACK_VERSION, "epoch": epoch, "cache": digest,
         "dataset": plan.meta["dataset"]["identity"], "row_bytes": feat.row_bytes, "dtype": str(feat.dtype),
-        "dim": feat.dim, "segment_batches": spec.segment_batches,
-        "positions": {"name": pos_entry.name, "size": pos_entry.size, "checksum": pos_entry.checksum},
-        "segments": [{"first_batch": s.first_batch, "batches": s.batches, "rows": int(s.ids.size),
-                      "packed": s.packed, **files.get(k, {})} for k, s in enumerate(segments)],
+        "dim": feat.dim, "segment_batches": spec.segment_batches, "order": "id",
+        "positions": {"name": positions.entry.name, "size": positions.entry.size,
+                      "checksum": positions.entry.checksum},
+        "segments": meta_segments,
     }
     write_bytes_entry(out / "pack.json", out, json.dumps(meta, indent=2).encode())
-    packed = sum(s.packed for s in segments)
-    return PackStats(epoch, len(segments), packed, int(sum(s.ids.size for s in segments if s.packed)),
-                     written, feat.bytes_read, len(groups), 0.0)
+    written = sum(int(e.size) for e in files.values())
+    return PackStats(epoch, len(meta_segments), len(files), rows, written, feat.bytes_read, passes, 0.0)
+
+
+def _stored_positions(seg: _Segment) -> np.ndarray:
+    if seg.packed:
+        return seg.positions.astype(np.int32)
+    return np.where(seg.positions == CACHED, CACHED, UNPACKED).astype(np.int32)
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -316,7 +308,11 @@ class PackedEpoch:
         self.segment_batches = int(self.meta["segment_batches"])
         self.row_bytes, self.dim = int(self.meta["row_bytes"]), int(self.meta["dim"])
         self.dtype = np.dtype(self.meta["dtype"])
+        # one buffer for the largest segment, touched once now: first-touching a fresh map on
+        # every larger segment cost a third of a segment read's time
+        largest = max([s["rows"] for s in self.meta["segments"] if s["packed"]], default=0)
         self._buf: mmap.mmap | None = None
+        self._buffer(_round_up(PAGE + largest * self.row_bytes))
         self.bytes_read = 0
 
     def _check_size(self, entry: dict[str, Any]) -> None:
@@ -365,6 +361,7 @@ class PackedEpoch:
     def _buffer(self, nbytes: int) -> mmap.mmap:
         if self._buf is None or len(self._buf) < nbytes:
             self._buf = mmap.mmap(-1, max(nbytes, 1 << 20))
+            np.frombuffer(self._buf, np.uint8)[::PAGE] = 0  # fault the pages in
         return self._buf
 
     def verify(self) -> None:

@@ -81,8 +81,8 @@ def place_from_counts(counts: np.ndarray, row_bytes: int, budgets: CacheBudgets,
 def build_tiered_store(dataset: Any, placement: Placement, *, backing: str = "direct", device: Any = "cpu",
                        threads: int = 8) -> TieredStore:
     """Caches filled from the backing store (sorted reads), then the backing store for the rest."""
+    with DirectStore.of(dataset, threads=threads) as filler:  # its own buffers go when filled
+        caches = [RowCache.filled("device", placement.device, filler, device=device),
+                  RowCache.filled("pinned", placement.pinned, filler)]
     store = DirectStore.of(dataset, threads=threads) if backing == "direct" else MmapStore.of(dataset)
-    caches = [RowCache.filled("device", placement.device, store, device=device),
-              RowCache.filled("pinned", placement.pinned, store)]
-    store.stats = type(store.stats)(row_bytes=store.row_bytes)  # filling is not serving
     return TieredStore(caches, store, device=device)

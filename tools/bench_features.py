@@ -345,7 +345,8 @@ def fill_caches(ds: Dataset, ep: Any, args: argparse.Namespace) -> tuple[list[An
     fill = DirectStore.of(ds, threads=args.threads)
     t0 = time.perf_counter()
     ids = placement(ep, args, fill.row_bytes)
-    caches = [RowCache.filled(t, i, fill, chunk=args.fill_chunk) for t, i in zip(("device", "pinned"), ids)]
+    caches = [RowCache.filled(t, i, fill, chunk_bytes=args.fill_chunk * fill.row_bytes)
+              for t, i in zip(("device", "pinned"), ids)]
     info = {"seconds": time.perf_counter() - t0, "rows": [c.num_rows for c in caches],
             "bytes": [c.nbytes for c in caches], "disk_bytes_read": fill.stats.disk_bytes_read}
     fill.close()

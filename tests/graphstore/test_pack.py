@@ -80,7 +80,7 @@ def test_several_passes_and_pack_budget(setup: tuple) -> None:
     assert 0 < stats.packed_segments < stats.segments and stats.bytes_written <= 60 * 1024 + stats.packed_segments * 4096
     check_round_trip(ds, plan, x, 1, cached, "budget")
     with pytest.raises(MemoryBudgetError, match="fewer batches per segment"):
-        pack_epoch(plan, 1, cached, features_path(ds), PackSpec(name="tiny", segment_batches=50, memory_budget=20 * 1024,
+        pack_epoch(plan, 1, cached, features_path(ds), PackSpec(name="tiny", segment_batches=50, memory_budget=8 * 1024,
                                                                  read_chunk=4096))
     assert not (plan.path / "packs" / "tiny" / "epoch-000001").exists()
 
