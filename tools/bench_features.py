@@ -575,7 +575,7 @@ def setup_lines(report: dict[str, Any]) -> list[str]:
 NOTES = [
     "  epoch s* = s/batch x the full split's batches: a linear estimate from this prefix epoch; in a full",
     "  epoch the caches (placed by its own counts) hit a smaller share, and packing needs one pass over the",
-    "  feature file per memory budget's worth of packed bytes (the packing model line below)",
+    "  feature file per half memory budget of segment planning data (the packing model line below)",
     "  disk MB: the store's own accounting (a.: the kernel's, which is all it has); kernel MB: /proc/self/io",
     "  read_bytes of the child over the loop (plan files and library pages evicted under the cap included);",
     "  read amp: disk MB / bytes of the rows read from disk (a.: of every row delivered); cgroup MB: the",
@@ -599,7 +599,11 @@ def packing_model(report: dict[str, Any]) -> dict[str, Any]:
     if p.get("exit") or "write" not in d:
         return {"text": "packing failed"}
     full_bytes = p["bytes_written"] / pl["batches"] * pl["full_batches"]
-    passes = math.ceil(full_bytes / max(1, p["memory_budget"] - (16 << 20)))  # PackSpec.read_chunk
+    # one pass per group of segments whose planning data (8 B per packed row + 4 B per batch node)
+    # fills half the packing memory budget (graphstore/pack.py)
+    row_bytes = report["runs"].get("packed", {}).get("row_bytes") or 512
+    planning = 8 * full_bytes / row_bytes + 4 * pl["nodes"] / pl["batches"] * pl["full_batches"]
+    passes = math.ceil(planning / max(1, p["memory_budget"] // 2))
     seq_s, write_s = disk_summary(d)["seq_s"], full_bytes / (d["write"]["MBps"] * 1e6)
     est, floor = passes * seq_s + write_s, seq_s + write_s
     return {"packed_bytes": full_bytes, "passes": passes, "est_s": est, "floor_s": floor,
