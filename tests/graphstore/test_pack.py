@@ -71,7 +71,7 @@ def test_round_trip(setup: tuple, segment_batches: int) -> None:
 def test_several_passes_and_pack_budget(setup: tuple) -> None:
     ds, plan, x = setup
     cached = np.arange(0, 2000, 3)
-    small = PackSpec(name="passes", segment_batches=2, memory_budget=80 * 1024, read_chunk=16 * 1024)
+    small = PackSpec(name="passes", segment_batches=2, memory_budget=30 * 1024, read_chunk=16 * 1024)
     stats = pack_epoch(plan, 1, cached, features_path(ds), small)
     assert stats.passes > 1 and stats.bytes_read >= stats.passes * 2000 * 96  # one file read per group
     check_round_trip(ds, plan, x, 1, cached, "passes")
