@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -74,11 +75,19 @@ class DirectStore(FeatureStore):
     def __init__(self, path: str | os.PathLike[str], dtype: Any, *, threads: int = 16,
                  max_run: int = 1 << 20, direct: bool = True, max_buffer: int = 32 << 20) -> None:
         self.path = Path(path)
-        arr = np.load(self.path, mmap_mode="r")
-        if arr.ndim != 2 or not isinstance(arr, np.memmap) or arr.offset % DATA_ALIGNMENT:
-            raise InputError(self.path, "not an aligned 2-D feature .npy", expected="data on a 4 KiB boundary")
+        try:
+            arr = np.load(self.path, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise InputError(self.path, f"cannot map the feature file ({e})", expected="a whole .npy") from None
+        if arr.ndim != 2 or not isinstance(arr, np.memmap) or arr.offset % DATA_ALIGNMENT or not arr.flags.c_contiguous:
+            raise InputError(self.path, "not an aligned row-major 2-D feature .npy",
+                             expected="C order, data on a 4 KiB boundary")
         super().__init__(arr.shape[0], arr.shape[1], dtype)
+        if arr.dtype.itemsize * arr.shape[1] != self.row_bytes:
+            raise InputError(self.path, f"rows are {arr.dtype}[{arr.shape[1]}], not {dtype}[{arr.shape[1]}]",
+                             expected=f"a {self.row_bytes}-byte row")
         self.data_offset = int(arr.offset)
+        self.file_end = self.data_offset + self.num_rows * self.row_bytes
         del arr
         flags = os.O_RDONLY | (o_direct_flag() if direct else 0)
         try:
@@ -92,6 +101,8 @@ class DirectStore(FeatureStore):
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="gnn-ooc-direct")
         self._threads = max(1, threads)
         self._buf: mmap.mmap | None = None
+        # one read buffer and one set of counters: concurrent gathers take turns
+        self._lock = threading.Lock()
 
     @classmethod
     def of(cls, dataset: Any, **kwargs: Any) -> DirectStore:
@@ -101,14 +112,19 @@ class DirectStore(FeatureStore):
 
     def _buffer(self, nbytes: int) -> np.ndarray:
         if self._buf is None or len(self._buf) < nbytes:
-            if self._buf is not None:
-                self._buf.close()
+            # the old map is dropped, not closed: a view of it may outlive a failed gather
             self._buf = mmap.mmap(-1, max(nbytes, 1 << 20))  # anonymous maps are page-aligned
         return np.frombuffer(self._buf, np.uint8)
+
+    def gather(self, ids: Any, out: Any = None, *, device: Any = None) -> Any:
+        with self._lock:
+            return super().gather(ids, out, device=device)
 
     def _gather(self, ids: Any, out: Any) -> None:
         import torch
 
+        if self._fd < 0:
+            raise InputError(self.path, "the store is closed")
         idx = ids.numpy()
         order = np.argsort(idx, kind="stable")
         target = out if out.device.type == "cpu" and out.is_contiguous() else torch.empty_like(out, device="cpu")
@@ -137,8 +153,14 @@ class DirectStore(FeatureStore):
 
         def read(part: np.ndarray) -> None:
             for r in part.tolist():
-                a, n = int(buf_start[r]), int(pages[r]) * PAGE
-                os.preadv(self._fd, [view[a : a + n]], int(first[r]) * PAGE)  # short at EOF: fine
+                a, n, at = int(buf_start[r]), int(pages[r]) * PAGE, int(first[r]) * PAGE
+                try:
+                    got = os.preadv(self._fd, [view[a : a + n]], at)
+                except OSError as e:
+                    raise InputError(self.path, f"read of {n} B at byte {at} failed ({e})") from None
+                if got < min(n, self.file_end - at):  # short only at the end of the file
+                    raise InputError(self.path, f"read {got} B at byte {at}, expected {min(n, self.file_end - at)} B",
+                                     expected="the file as long as its header says (truncated?)")
 
         try:
             for f in [self._pool.submit(read, p) for p in parts]:
@@ -151,6 +173,4 @@ class DirectStore(FeatureStore):
             os.close(self._fd)
             self._fd = -1
         self._pool.shutdown(wait=True)
-        if self._buf is not None:
-            self._buf.close()
-            self._buf = None
+        self._buf = None

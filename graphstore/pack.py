@@ -72,6 +72,11 @@ class PackSpec:
     memory_budget: int = 1 << 30
     pack_budget: int | None = None
     read_chunk: int = 16 << 20
+    max_open_segments: int = 256
+
+    def identity(self) -> dict[str, Any]:
+        """The settings an existing pack must match to be kept."""
+        return {"segment_batches": self.segment_batches, "pack_budget": self.pack_budget, "version": PACK_VERSION}
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,8 @@ class _Segment:
 
     @property
     def planning_bytes(self) -> int:
-        return int(self.ids.nbytes + self.positions.nbytes)
+        # ids kept for the pass; positions and np.unique's temporaries only while planning
+        return int(self.ids.nbytes)
 
 
 def _segment(nodes: np.ndarray, cached_sorted: np.ndarray, first_batch: int, batches: int) -> _Segment:
@@ -137,6 +143,8 @@ class _FeatureFile:
 
     def __init__(self, path: Path) -> None:
         arr = np.load(path, mmap_mode="r")
+        if arr.ndim != 2 or not arr.flags.c_contiguous or not isinstance(arr, np.memmap) or arr.offset % PAGE:
+            raise DatasetError(f"{path}: not an aligned row-major 2-D feature .npy")
         self.path, self.rows, self.dtype = path, arr.shape[0], arr.dtype
         self.row_bytes = int(arr.dtype.itemsize * arr.shape[1])
         self.dim, self.offset = int(arr.shape[1]), int(arr.offset)
@@ -159,7 +167,11 @@ class _FeatureFile:
             start = self.offset + r0 * self.row_bytes
             lo = start // PAGE * PAGE
             n = _round_up(self.offset + r1 * self.row_bytes - lo)
-            self.bytes_read += os.preadv(self.fd, [memoryview(buf)[:n]], lo)
+            got = os.preadv(self.fd, [memoryview(buf)[:n]], lo)
+            if got < start - lo + (r1 - r0) * self.row_bytes:
+                raise ChecksumError(self.path, f"read {got} B at byte {lo}, the rows need "
+                                               f"{start - lo + (r1 - r0) * self.row_bytes} B (truncated?)")
+            self.bytes_read += got
             yield r0, r1, view[start - lo : start - lo + (r1 - r0) * self.row_bytes]
 
     def close(self) -> None:
@@ -196,15 +208,17 @@ def pack_epoch(plan: Any, epoch: int, cached_ids: np.ndarray, features_path: str
     root = plan.path / "packs" / spec.name
     target = root / f"epoch-{epoch:06d}"
     digest = cache_digest(np.asarray(cached_ids, dtype=np.int64))
-    if (target / "pack.json").is_file() and json.loads((target / "pack.json").read_text())["cache"] == digest:
+    ep_plan = plan.epoch(epoch)
+    nodes_crc = ep_plan.meta["files"]["nodes"]["checksum"]
+    if _pack_matches(target, digest, nodes_crc, spec):
         return PackStats(epoch, 0, 0, 0, 0, 0, 0, 0.0)
     root.mkdir(parents=True, exist_ok=True)
     remove_stale(root, f".{target.name}.partial-", "gnn-ooc pack")
-    segments = plan_segments(plan.epoch(epoch), cached_ids, spec.segment_batches)
+    segments = plan_segments(ep_plan, cached_ids, spec.segment_batches)
     feat = _FeatureFile(Path(features_path))
     stage = LockedDir(root / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        stats = _write_pack(stage.path, plan, epoch, segments, feat, spec, digest)
+        stats = _write_pack(stage.path, plan, epoch, segments, feat, spec, digest, nodes_crc)
         if target.exists():
             _replace(target, root)
         os.rename(stage.path, target)
@@ -222,6 +236,15 @@ def pack_epoch(plan: Any, epoch: int, cached_ids: np.ndarray, features_path: str
     return stats
 
 
+def _pack_matches(target: Path, digest: str, nodes_crc: str, spec: PackSpec) -> bool:
+    try:
+        meta = json.loads((target / "pack.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    return bool(meta.get("cache") == digest and meta.get("nodes") == nodes_crc
+                and meta.get("settings") == spec.identity())
+
+
 def _replace(target: Path, root: Path) -> None:
     gone = root / f".{target.name}.removed-{uuid.uuid4().hex[:8]}"
     os.rename(target, gone)
@@ -229,7 +252,7 @@ def _replace(target: Path, root: Path) -> None:
 
 
 def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], feat: _FeatureFile,
-                spec: PackSpec, digest: str) -> PackStats:
+                spec: PackSpec, digest: str, nodes_crc: str) -> PackStats:
     """Segments planned a group at a time (their planning data within half the memory budget),
     each group packed by one sequential pass over the feature file."""
     limit = max(1, spec.memory_budget // 2)
@@ -240,22 +263,25 @@ def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], 
     with NpyWriter(out / "positions.npy", np.int32, (None,), root=out) as positions:
         group: list[tuple[int, _Segment]] = []
         for k, seg in enumerate(segments):
-            if seg.planning_bytes > spec.memory_budget:
+            size = seg.ids.size * feat.row_bytes
+            # planning a segment costs about 6 int64 per batch node; training holds its rows
+            if 48 * seg.positions.size > spec.memory_budget or size > spec.memory_budget // 2:
                 raise MemoryBudgetError(
                     f"segment of batches {seg.first_batch}..{seg.first_batch + seg.batches - 1} needs "
-                    f"{seg.planning_bytes >> 20} MiB to plan, more than the packing memory budget "
-                    f"({spec.memory_budget >> 20} MiB): use fewer batches per segment")
-            size = seg.ids.size * feat.row_bytes
+                    f"{max(48 * seg.positions.size, 2 * size) >> 20} MiB (planning, or its rows read whole), more "
+                    f"than the packing memory budget ({spec.memory_budget >> 20} MiB): use fewer batches per segment")
             seg.packed = budget_left is None or size <= budget_left
             if budget_left is not None and seg.packed:
                 budget_left -= size
             positions.write(_stored_positions(seg))
+            seg.positions = seg.positions[:0]  # on disk now
             meta_segments.append({"first_batch": seg.first_batch, "batches": seg.batches,
                                   "rows": int(seg.ids.size), "packed": seg.packed})
             if seg.packed:
                 group.append((k, seg))
                 rows += int(seg.ids.size)
-            if group and sum(g.planning_bytes for _, g in group) > limit:
+            held = sum(g.planning_bytes for _, g in group) + len(group) * WRITER_STAGING
+            if group and (held > limit or len(group) >= spec.max_open_segments):
                 files.update(_stream_group(feat, group, out, spec.read_chunk))
                 passes, group = passes + 1, []
         if group:
@@ -265,7 +291,8 @@ def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], 
     for k, entry in files.items():
         meta_segments[k].update(name=entry.name, size=entry.size, checksum=entry.checksum)
     meta = {
-        "format": PACK_FORMAT, "version": PACK_VERSION, "epoch": epoch, "cache": digest,
+        "format": PACK_FORMAT, "version": PACK_VERSION, "epoch": epoch, "cache": digest, "nodes": nodes_crc,
+        "settings": spec.identity(),
         "dataset": plan.meta["dataset"]["identity"], "row_bytes": feat.row_bytes, "dtype": str(feat.dtype),
         "dim": feat.dim, "segment_batches": spec.segment_batches, "order": "id",
         "positions": {"name": positions.entry.name, "size": positions.entry.size,
@@ -300,11 +327,16 @@ class PackedEpoch:
         if self.meta["dataset"] != plan.meta["dataset"]["identity"]:
             raise DatasetError(f"{self.path}: packed for another dataset")
         self.epoch_plan = plan.epoch(epoch)
+        if self.meta.get("nodes") != self.epoch_plan.meta["files"]["nodes"]["checksum"]:
+            raise DatasetError(f"{self.path}: packed for another plan of epoch {epoch} (re-run gnn-ooc pack)")
         self._check_size(self.meta["positions"])
         for seg in self.meta["segments"]:
             if seg["packed"]:
                 self._check_size(seg)
         self._positions = np.load(self.path / "positions.npy", mmap_mode="r")
+        # opened now: a pack replaced while this epoch trains cannot mix new segments with old positions
+        self._fds = {k: _open_read(self.path / seg["name"]) for k, seg in enumerate(self.meta["segments"])
+                     if seg["packed"]}
         self.segment_batches = int(self.meta["segment_batches"])
         self.row_bytes, self.dim = int(self.meta["row_bytes"]), int(self.meta["dim"])
         self.dtype = np.dtype(self.meta["dtype"])
@@ -347,7 +379,7 @@ class PackedEpoch:
         path = self.path / seg["name"]
         data_len = seg["rows"] * self.row_bytes
         buf = self._buffer(_round_up(PAGE + data_len))
-        got = _read_file(path, buf, PAGE + data_len)
+        got = _read_fd(self._fds[k], buf, PAGE + data_len)
         self.bytes_read += got
         if got < PAGE + data_len:
             raise ChecksumError(path, f"read {got} B, expected {PAGE + data_len} B (truncated?)")
@@ -364,6 +396,15 @@ class PackedEpoch:
             np.frombuffer(self._buf, np.uint8)[::PAGE] = 0  # fault the pages in
         return self._buf
 
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+    def __del__(self) -> None:
+        if getattr(self, "_fds", None):
+            self.close()
+
     def verify(self) -> None:
         """Check every file's size and CRC-32; raises ``ChecksumError`` naming the first bad one."""
         for entry in [self.meta["positions"], *[s for s in self.meta["segments"] if s["packed"]]]:
@@ -373,23 +414,25 @@ class PackedEpoch:
                 raise ChecksumError(path, f"checksum differs from {self.path / 'pack.json'}")
 
 
-def _read_file(path: Path, buf: mmap.mmap, nbytes: int) -> int:
+def _open_read(path: Path) -> int:
     try:
-        fd = os.open(path, os.O_RDONLY | o_direct_flag())
+        return os.open(path, os.O_RDONLY | o_direct_flag())
     except OSError:
-        fd = os.open(path, os.O_RDONLY)
+        return os.open(path, os.O_RDONLY)
+
+
+def _read_fd(fd: int, buf: mmap.mmap, nbytes: int) -> int:
+    view, got = memoryview(buf), 0
+    want = _round_up(nbytes)
     try:
-        view, got = memoryview(buf), 0
-        want = _round_up(nbytes)
         while got < want:
             n = os.preadv(fd, [view[got : min(want, got + (64 << 20))]], got)
             if n <= 0:
                 break
             got += n
-        view.release()
-        return min(got, nbytes)
     finally:
-        os.close(fd)
+        view.release()
+    return min(got, nbytes)
 
 
 class PackedReader:
@@ -415,7 +458,7 @@ class PackedReader:
         from_seg = pos >= 0
         if from_seg.any():
             rows = self._segment_rows(self.packed.segment_of(b))
-            out[torch.from_numpy(np.flatnonzero(from_seg))] = rows[torch.from_numpy(pos[from_seg])]
+            out[torch.from_numpy(np.flatnonzero(from_seg))] = rows[torch.from_numpy(pos[from_seg])].to(out.device)
             self.store.stats.add_hits("packed", int(from_seg.sum()), from_disk=False)
         rest = np.flatnonzero(~from_seg)
         if rest.size:
@@ -426,7 +469,12 @@ class PackedReader:
         import torch
 
         if self._segment != k:
+            before = self.packed.bytes_read
             arr = self.packed.read_segment(k)
+            # the segment's rows count as rows from disk once, when read: amplification stays honest
+            self.store.stats.disk_rows += arr.shape[0]
+            self.store.stats.disk_bytes_read += self.packed.bytes_read - before
+            self.store.stats.disk_reads += 1
             t = torch.from_numpy(arr)
             self._rows = t.view(self.store.dtype) if t.dtype != self.store.dtype else t
             self._segment = k

@@ -324,6 +324,9 @@ def _run_pack(args: argparse.Namespace) -> int:
     root = plan.path / "packs" / args.name
     if (root / "placement" / "device.npy").is_file() and not args.replace_placement:
         placement = Placement.load(root / "placement")
+        if args.gpu_cache is not None or args.cpu_cache is not None:
+            _say(f"{root}: keeping the saved cache placement ({placement.device.size:,} + {placement.pinned.size:,} "
+                 "rows); --replace-placement applies new cache sizes")
     else:
         row_bytes = ds.features.dtype.itemsize * ds.features.shape[1]
         budgets = CacheBudgets(args.gpu_cache, args.cpu_cache, args.memory_budget)
@@ -336,8 +339,9 @@ def _run_pack(args: argparse.Namespace) -> int:
                         pack_budget=budget)
         stats = pack_epoch(plan, e, placement.cached, features, spec, progress=_say)
         results.append(dataclasses.asdict(stats))
-        if budget is not None:
-            budget = max(0, budget - stats.bytes_written)
+        if budget is not None:  # what is on disk counts, packed now or kept from an earlier run
+            meta = json.loads((root / f"epoch-{e:06d}" / "pack.json").read_text())
+            budget = max(0, budget - sum(int(g.get("size", 0)) for g in meta["segments"]))
     summary = {"packs": str(root), "device_rows": int(placement.device.size), "pinned_rows": int(placement.pinned.size),
                "epochs": results}
     print(json.dumps(summary, indent=2) if args.json else

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ def test_round_trip(setup: tuple, segment_batches: int) -> None:
 def test_several_passes_and_pack_budget(setup: tuple) -> None:
     ds, plan, x = setup
     cached = np.arange(0, 2000, 3)
-    small = PackSpec(name="passes", segment_batches=2, memory_budget=30 * 1024, read_chunk=16 * 1024)
+    small = PackSpec(name="passes", segment_batches=2, max_open_segments=2, read_chunk=16 * 1024)
     stats = pack_epoch(plan, 1, cached, features_path(ds), small)
     assert stats.passes > 1 and stats.bytes_read >= stats.passes * 2000 * 96  # one file read per group
     check_round_trip(ds, plan, x, 1, cached, "passes")
@@ -164,3 +165,27 @@ def test_cli_pack(setup: tuple, capsys: pytest.CaptureFixture[str]) -> None:
     out = json.loads(capsys.readouterr().out)
     assert out["device_rows"] == 4096 // 96 and len(out["epochs"]) == 2
     assert sum(e["bytes_written"] for e in out["epochs"]) <= 0.5 * features_path(ds).stat().st_size + 40 * 4096
+
+
+def test_settings_change_repacks_and_short_files_are_named(setup: tuple, tmp_path: Path) -> None:
+    import torch
+
+    from gnn_ooc.graphstore.base import InputError
+    from gnn_ooc.graphstore.direct import DirectStore
+
+    ds, plan, x = setup
+    cached = np.arange(0, 2000, 5)
+    pack_epoch(plan, 0, cached, features_path(ds), PackSpec(name="chg", segment_batches=3))
+    stats = pack_epoch(plan, 0, cached, features_path(ds), PackSpec(name="chg", segment_batches=6))
+    assert stats.segments == -(-len(plan.epoch(0)) // 6)  # other settings: packed again
+    check_round_trip(ds, plan, x, 0, cached, "chg")
+    short = tmp_path / "f.npy"
+    short.write_bytes(features_path(ds).read_bytes())
+    with DirectStore(short, torch.float32) as store:
+        os.truncate(short, short.stat().st_size - 1000)  # shrinks under an open store
+        with pytest.raises(InputError, match="f.npy: read .* expected"):
+            store.gather([1999])
+    with pytest.raises(InputError, match="f.npy: cannot map"):
+        DirectStore(short, torch.float32)
+    with pytest.raises(InputError, match="rows are float32"):
+        DirectStore(features_path(ds), torch.float16)
