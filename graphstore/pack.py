@@ -35,6 +35,7 @@ import shutil
 import time
 import uuid
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -421,18 +422,23 @@ def _open_read(path: Path) -> int:
         return os.open(path, os.O_RDONLY)
 
 
-def _read_fd(fd: int, buf: mmap.mmap, nbytes: int) -> int:
-    view, got = memoryview(buf), 0
+def _read_fd(fd: int, buf: mmap.mmap, nbytes: int, piece: int = 8 << 20, in_flight: int = 4) -> int:
+    """Read ``nbytes`` from the start of ``fd`` into ``buf``: ``piece``-sized requests, ``in_flight``
+    at a time (a queue of large requests keeps the device busy between them)."""
     want = _round_up(nbytes)
+    view = memoryview(buf)
     try:
-        while got < want:
-            n = os.preadv(fd, [view[got : min(want, got + (64 << 20))]], got)
-            if n <= 0:
-                break
-            got += n
+        starts = list(range(0, want, piece))
+        with ThreadPoolExecutor(max(1, min(in_flight, len(starts)))) as pool:
+            got = list(pool.map(lambda a: os.preadv(fd, [view[a : min(want, a + piece)]], a), starts))
     finally:
         view.release()
-    return min(got, nbytes)
+    done = 0
+    for a, n in zip(starts, got):  # bytes up to the first short piece
+        done = a + n
+        if a + n < min(want, a + piece):
+            break
+    return min(done, nbytes)
 
 
 class PackedReader:

@@ -389,8 +389,9 @@ def segment_stats(packed: Any, store: Any, clock: Clock) -> dict[str, Any]:
     return {"segments_read": len(segs), "segment_rows": seg_rows, "segment_bytes_read": packed.bytes_read,
             "segment_data_bytes": seg_rows * rb, "segment_seconds": clock.seconds.get("packed", 0.0),
             "segment_read_MBps": [(4096 + int(g["rows"]) * rb) / d / 1e6 for g, d in zip(segs, durations)],
-            "unpacked_disk_bytes_read": s.disk_bytes_read, "unpacked_disk_rows": s.disk_rows,
-            "disk_bytes_read": packed.bytes_read + s.disk_bytes_read, "disk_rows": seg_rows + s.disk_rows}
+            # the store's counters include the segment reads (PackedReader adds them); split them out
+            "unpacked_disk_bytes_read": s.disk_bytes_read - packed.bytes_read, "unpacked_disk_rows": s.disk_rows - seg_rows,
+            "disk_bytes_read": s.disk_bytes_read, "disk_rows": s.disk_rows}
 
 
 def check_last_batch(ep: Any, reader: Any, store: Any, rows: int = 4096) -> bool:
