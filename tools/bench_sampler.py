@@ -65,27 +65,9 @@ COLD_OVERHEAD = 176 << 20
 
 # --- the dataset -----------------------------------------------------------------------------------
 def ensure_dataset(work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Synthesise + preprocess into ``work/dataset`` unless a dataset made with these settings is there."""
-    from gnn_ooc.tools.bench_preprocess import ensure_raw
+    from gnn_ooc.tools.bench_preprocess import ensure_dataset as build
 
-    out, marker = work / "dataset", work / "bench-sampler.json"
-    want = {"nodes": args.nodes, "avg_degree": args.avg_degree, "feature_dim": args.feature_dim,
-            "flags": PREPROCESS_FLAGS}
-    if marker.is_file() and (out / "manifest.json").is_file():
-        have = json.loads(marker.read_text())
-        if all(have.get(k) == v for k, v in want.items()):
-            return {**have, "reused": True}
-    work.mkdir(parents=True, exist_ok=True)
-    say(f"generating {args.nodes:,} nodes x avg degree {args.avg_degree:g} in {work / 'raw'}")
-    t0 = time.perf_counter()
-    ensure_raw(work / "raw", args)
-    say(f"preprocessing into {out} ({' '.join(PREPROCESS_FLAGS)})")
-    subprocess.run([sys.executable, "-m", "gnn_ooc.tools.cli", "preprocess", str(work / "raw"), "-o", str(out),
-                    *PREPROCESS_FLAGS, "--force", "--json"], check=True, stdout=subprocess.DEVNULL)
-    shutil.rmtree(work / "raw")  # regenerated in seconds; the dataset is what gets reused
-    made = {**want, "build_s": time.perf_counter() - t0}
-    marker.write_text(json.dumps(made, indent=2))
-    return {**made, "reused": False}
+    return build(work, args, marker="bench-sampler.json", flags=PREPROCESS_FLAGS, say=say)
 
 
 def topology_files(ds: Dataset) -> list[Path]:
