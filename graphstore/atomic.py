@@ -117,6 +117,16 @@ class Staging:
         self._dir = None
 
 
+def remove_dir(path: Path, trash: Path) -> None:
+    """Delete folder ``path`` atomically: renamed to ``trash/.NAME.removed-*`` (readers see the folder
+    or nothing), then removed; a crash in between leaves only the renamed folder."""
+    if not path.is_dir():
+        return
+    gone = trash / f".{path.name}.removed-{uuid.uuid4().hex[:8]}"
+    os.rename(path, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -268,6 +268,8 @@ class FeatureStore:
     """
 
     tier: str = "store"
+    #: Stores made of tiers count their hits per tier themselves; ``gather`` then counts none.
+    counts_own_hits: bool = False
 
     def __init__(self, num_rows: int, dim: int, dtype: Any, device: Any = "cpu") -> None:
         import torch
@@ -283,7 +285,8 @@ class FeatureStore:
         out = self._out(idx.shape[0], out, device)
         if idx.shape[0]:
             self._gather(idx, out)
-        self.stats.add_hits(self.tier, idx.shape[0])
+        if not self.counts_own_hits:
+            self.stats.add_hits(self.tier, idx.shape[0])
         return out
 
     def _gather(self, ids: Any, out: Any) -> None:

@@ -183,13 +183,17 @@ class Dataset:
 
 
 def _check_size(root: Path, entry: FileEntry) -> None:
-    path = root / entry.name
+    check_file_size(root / entry.name, entry.size, "the manifest")
+
+
+def check_file_size(path: Path, size: int, recorded_in: str) -> None:
+    """Raise ``ChecksumError`` naming ``path`` when it is missing or not ``size`` bytes long."""
     try:
-        size = path.stat().st_size
+        actual = path.stat().st_size
     except FileNotFoundError:
         raise ChecksumError(path, "file is missing") from None
-    if size != entry.size:
-        raise ChecksumError(path, f"size {size} B differs from the manifest's {entry.size} B (truncated?)")
+    if actual != size:
+        raise ChecksumError(path, f"size {actual} B differs from {recorded_in}'s {size} B (truncated?)")
 
 
 def _advise_random(arr: np.ndarray) -> None:

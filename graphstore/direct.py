@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from gnn_ooc.capabilities import o_direct_flag
 from gnn_ooc.graphstore.base import DATA_ALIGNMENT, FeatureStore, InputError
+from gnn_ooc.graphstore.directio import open_read
 
 PAGE = 4096
 
@@ -89,12 +89,7 @@ class DirectStore(FeatureStore):
         self.data_offset = int(arr.offset)
         self.file_end = self.data_offset + self.num_rows * self.row_bytes
         del arr
-        flags = os.O_RDONLY | (o_direct_flag() if direct else 0)
-        try:
-            self._fd = os.open(self.path, flags)
-            self.direct = bool(flags & o_direct_flag())
-        except OSError:  # tmpfs and some filesystems refuse O_DIRECT
-            self._fd, self.direct = os.open(self.path, os.O_RDONLY), False
+        self._fd, self.direct = open_read(self.path, direct)
         self.max_pages = max(1, max_run // PAGE)
         # rows per pass bound the read buffer: a row spans at most two pages
         self.rows_per_pass = max(1, max_buffer // (PAGE * (2 + (self.row_bytes - 1) // PAGE)))

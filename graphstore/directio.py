@@ -129,6 +129,20 @@ def _open(path: Path, direct: bool) -> tuple[int, bool]:
     return os.open(path, flags, 0o644), False
 
 
+def open_read(path: str | os.PathLike[str], direct: bool = True) -> tuple[int, bool]:
+    """A read descriptor, O_DIRECT where asked and the filesystem allows (tmpfs refuses it).
+
+    Returns the descriptor and whether it is direct.
+    """
+    extra = o_direct_flag() if direct else 0
+    if extra:
+        try:
+            return os.open(path, os.O_RDONLY | extra), True
+        except OSError:
+            pass
+    return os.open(path, os.O_RDONLY), False
+
+
 def write_all(write: Callable[[memoryview], int], data: memoryview) -> None:
     """Call ``write`` (``os.write`` on a descriptor, a raw file's ``write``) until all bytes are down."""
     while len(data):

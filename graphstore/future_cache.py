@@ -237,6 +237,7 @@ class FutureAwareCache(FeatureStore):
     """
 
     tier = "future"
+    counts_own_hits = True
 
     def __init__(self, capacity_rows: int, dim: int, dtype: Any, device: Any, backing: FeatureStore,
                  batches: Batches, window: int, hotness: np.ndarray | None = None,
@@ -405,11 +406,7 @@ class FutureAwareCache(FeatureStore):
         """Rows ``ids`` into ``out`` (see ``FeatureStore.gather``); ``batch=t`` prefetches ``t`` first."""
         if batch is not None:
             self.prefetch(batch)
-        idx = self._ids(ids)
-        out = self._out(idx.shape[0], out, device)
-        if idx.shape[0]:
-            self._gather(idx, out)
-        return out
+        return super().gather(ids, out, device=device)
 
     def _gather(self, ids: Any, out: Any) -> None:
         import torch

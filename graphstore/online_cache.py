@@ -169,6 +169,7 @@ class _HostCache(FeatureStore):
     """Rows of up to ``capacity_rows`` ids in (pinned, under CUDA) host memory, found by a hash table."""
 
     tier = "host"
+    counts_own_hits = True
 
     def __init__(self, capacity_rows: int, dim: int, dtype: Any, backing: FeatureStore) -> None:
         import torch
@@ -198,13 +199,6 @@ class _HostCache(FeatureStore):
 
     def _insert(self, ids: np.ndarray) -> np.ndarray:
         raise NotImplementedError
-
-    def gather(self, ids: Any, out: Any = None, *, device: Any = None) -> Any:
-        idx = self._ids(ids)
-        out = self._out(idx.shape[0], out, device)
-        if idx.shape[0]:
-            self._gather(idx, out)
-        return out
 
     def _gather(self, ids: Any, out: Any) -> None:
         import torch

@@ -31,9 +31,7 @@ import hashlib
 import json
 import mmap
 import os
-import shutil
 import time
-import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,9 +40,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from gnn_ooc.capabilities import o_direct_flag
-from gnn_ooc.graphstore.atomic import LockedDir, _fsync_dir, remove_stale
+from gnn_ooc.graphstore.atomic import Staging
 from gnn_ooc.graphstore.base import ChecksumError, DatasetError, MemoryBudgetError
+from gnn_ooc.graphstore.dataset import check_file_size
+from gnn_ooc.graphstore.directio import open_read
 from gnn_ooc.graphstore.npyfile import (
     NpyWriter,
     file_checksum,
@@ -150,10 +149,7 @@ class _FeatureFile:
         self.row_bytes = int(arr.dtype.itemsize * arr.shape[1])
         self.dim, self.offset = int(arr.shape[1]), int(arr.offset)
         del arr
-        try:
-            self.fd = os.open(path, os.O_RDONLY | o_direct_flag())
-        except OSError:
-            self.fd = os.open(path, os.O_RDONLY)
+        self.fd, _direct = open_read(path)
         self.bytes_read = 0
 
     def chunks(self, chunk_bytes: int) -> Any:
@@ -213,22 +209,13 @@ def pack_epoch(plan: Any, epoch: int, cached_ids: np.ndarray, features_path: str
     nodes_crc = ep_plan.meta["files"]["nodes"]["checksum"]
     if _pack_matches(target, digest, nodes_crc, spec):
         return PackStats(epoch, 0, 0, 0, 0, 0, 0, 0.0)
-    root.mkdir(parents=True, exist_ok=True)
-    remove_stale(root, f".{target.name}.partial-", "gnn-ooc pack")
     segments = plan_segments(ep_plan, cached_ids, spec.segment_batches)
     feat = _FeatureFile(Path(features_path))
-    stage = LockedDir(root / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        stats = _write_pack(stage.path, plan, epoch, segments, feat, spec, digest, nodes_crc)
-        if target.exists():
-            _replace(target, root)
-        os.rename(stage.path, target)
-        _fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(stage.path, ignore_errors=True)
-        raise
+        with Staging(target, what="gnn-ooc pack") as stage:  # replaces an older pack of the epoch
+            stats = _write_pack(stage.path, plan, epoch, segments, feat, spec, digest, nodes_crc)
+            stage.publish()
     finally:
-        stage.release()
         feat.close()
     stats = PackStats(**{**stats.__dict__, "seconds": time.perf_counter() - t0})
     if progress:
@@ -244,12 +231,6 @@ def _pack_matches(target: Path, digest: str, nodes_crc: str, spec: PackSpec) -> 
         return False
     return bool(meta.get("cache") == digest and meta.get("nodes") == nodes_crc
                 and meta.get("settings") == spec.identity())
-
-
-def _replace(target: Path, root: Path) -> None:
-    gone = root / f".{target.name}.removed-{uuid.uuid4().hex[:8]}"
-    os.rename(target, gone)
-    shutil.rmtree(gone, ignore_errors=True)
 
 
 def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], feat: _FeatureFile,
@@ -336,7 +317,7 @@ class PackedEpoch:
                 self._check_size(seg)
         self._positions = np.load(self.path / "positions.npy", mmap_mode="r")
         # opened now: a pack replaced while this epoch trains cannot mix new segments with old positions
-        self._fds = {k: _open_read(self.path / seg["name"]) for k, seg in enumerate(self.meta["segments"])
+        self._fds = {k: open_read(self.path / seg["name"])[0] for k, seg in enumerate(self.meta["segments"])
                      if seg["packed"]}
         self.segment_batches = int(self.meta["segment_batches"])
         self.row_bytes, self.dim = int(self.meta["row_bytes"]), int(self.meta["dim"])
@@ -349,13 +330,7 @@ class PackedEpoch:
         self.bytes_read = 0
 
     def _check_size(self, entry: dict[str, Any]) -> None:
-        path = self.path / entry["name"]
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise ChecksumError(path, "file is missing") from None
-        if size != entry["size"]:
-            raise ChecksumError(path, f"size {size} B differs from pack.json's {entry['size']} B (truncated?)")
+        check_file_size(self.path / entry["name"], entry["size"], "pack.json")
 
     @property
     def segments(self) -> list[dict[str, Any]]:
@@ -413,13 +388,6 @@ class PackedEpoch:
             path = self.path / entry["name"]
             if file_checksum(path) != entry["checksum"]:
                 raise ChecksumError(path, f"checksum differs from {self.path / 'pack.json'}")
-
-
-def _open_read(path: Path) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | o_direct_flag())
-    except OSError:
-        return os.open(path, os.O_RDONLY)
 
 
 def _read_fd(fd: int, buf: mmap.mmap, nbytes: int, piece: int = 8 << 20, in_flight: int = 4) -> int:

@@ -22,18 +22,12 @@ class TieredStore(FeatureStore):
     """Caches in order (device, pinned, ...), then a backing store holding every row (mmap or disk)."""
 
     tier = "tiered"
+    counts_own_hits = True
 
     def __init__(self, caches: Sequence[RowCache], backing: FeatureStore, device: Any = "cpu") -> None:
         super().__init__(backing.num_rows, backing.dim, backing.dtype, device)
         self.caches = list(caches)
         self.backing = backing
-
-    def gather(self, ids: Any, out: Any = None, *, device: Any = None) -> Any:
-        idx = self._ids(ids)
-        out = self._out(idx.shape[0], out, device)
-        if idx.shape[0]:
-            self._gather(idx, out)
-        return out
 
     def _gather(self, ids: Any, out: Any) -> None:
         import torch

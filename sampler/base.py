@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -295,17 +296,23 @@ def _from_hops(
 # --- the graph a sampler reads ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Reopen:
-    """A memory-mapped ``.npy`` by file name: pickles in bytes and maps the file again on ``open``."""
+    """A memory-mapped ``.npy`` by file name: pickles in bytes and maps the file again on ``open``,
+    refusing a file whose size, dtype or shape changed in between."""
 
     filename: str
     dtype: str
     shape: tuple[int, ...]
+    size: int
 
     def open(self) -> np.ndarray:
-        arr = np.load(self.filename, mmap_mode="r")
-        if str(arr.dtype) != self.dtype or tuple(arr.shape) != self.shape:
-            raise SamplerError(f"{self.filename}: changed since it was pickled ({arr.dtype}{arr.shape}, "
-                               f"expected {self.dtype}{self.shape})")
+        try:
+            size = os.stat(self.filename).st_size
+            arr = np.load(self.filename, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise SamplerError(f"{self.filename}: cannot map it again ({e})") from None
+        if size != self.size or str(arr.dtype) != self.dtype or tuple(arr.shape) != self.shape:
+            raise SamplerError(f"{self.filename}: changed since it was pickled ({size} B {arr.dtype}{arr.shape}, "
+                               f"expected {self.size} B {self.dtype}{self.shape})")
         return arr
 
 
@@ -315,12 +322,12 @@ def reopenable(arr: np.ndarray) -> Reopen | np.ndarray:
     if isinstance(arr, np.memmap) and name and str(name).endswith(".npy"):
         try:
             head = np.load(name, mmap_mode="r")
+            size = os.stat(name).st_size
         except (OSError, ValueError):
             return arr
         if head.shape == arr.shape and head.dtype == arr.dtype and head.offset == arr.offset:
-            return Reopen(str(name), str(arr.dtype), tuple(arr.shape))
+            return Reopen(str(name), str(arr.dtype), tuple(arr.shape), size)
     return arr
-
 
 
 @dataclass(frozen=True)

@@ -65,12 +65,9 @@ class NeighborSampler(Sampler):
         threads: int | None = None,
     ) -> None:
         self.graph = CscGraph.of(graph)
-        # a Dataset's folder, so that pickling (for a planner process) reopens the maps instead of copying them
-        self._dataset_path = str(graph.path) if hasattr(graph, "path") and hasattr(graph, "manifest") else None
         super().__init__(num_nodes=self.graph.num_nodes)
         self.fanouts = parse_fanouts(fanouts)
         self.weights = _load_weights(weights, self.graph.num_edges)
-        self.weights_name = None if weights is None or isinstance(weights, np.ndarray) else str(weights)
         self._weights_stamp = _weights_stamp(weights)
         self.return_edge_ids = bool(return_edge_ids)
         self.threads = threads
@@ -94,24 +91,14 @@ class NeighborSampler(Sampler):
         return twin
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        if self._dataset_path is not None:
-            state["graph"] = None
-        if self.weights_name is not None:
-            state["weights"] = None
-        elif self.weights is not None:
+        state = dict(self.__dict__)  # the graph pickles its memory maps as file names (CscGraph)
+        if self.weights is not None:
             state["weights"] = reopenable(self.weights)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        if self.graph is None:
-            from gnn_ooc.graphstore.dataset import Dataset
-
-            self.graph = CscGraph.of(Dataset.open(state["_dataset_path"]))
-        if self.weights is None and self.weights_name is not None:
-            self.weights = _load_weights(self.weights_name, self.graph.num_edges)
-        elif isinstance(self.weights, Reopen):
+        if isinstance(self.weights, Reopen):
             self.weights = self.weights.open()
 
     def _sample(self, seeds: np.ndarray, key: SampleKey) -> SampledSubgraph:

@@ -44,9 +44,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from gnn_ooc.graphstore.atomic import LockedDir, Staging, _fsync_dir, remove_stale
-from gnn_ooc.graphstore.base import GnnOocError, MemoryBudgetError
-from gnn_ooc.graphstore.dataset import Dataset
+from gnn_ooc.graphstore.atomic import LockedDir, Staging, _fsync_dir, remove_dir, remove_stale
+from gnn_ooc.graphstore.base import ChecksumError, GnnOocError, MemoryBudgetError
+from gnn_ooc.graphstore.dataset import Dataset, check_file_size
 from gnn_ooc.graphstore.npyfile import (
     NpyWriter,
     WriteBehind,
@@ -249,7 +249,7 @@ class Plan:
 
     def release(self, e: int) -> None:
         """Delete epoch ``e`` from disk (its access counts stay in the totals)."""
-        _remove_dir(self.path / _epoch_dir(e), self.path)
+        remove_dir(self.path / _epoch_dir(e), self.path)
 
     def verify(self) -> None:
         for e in self.epochs():
@@ -481,7 +481,7 @@ class Planner:
             stage.publish()
         for old in self.path.glob("totals-*"):
             if old.name != f"totals-{seq:06d}" and _TOTALS_RE.match(old.name):
-                _remove_dir(old, self.path)
+                remove_dir(old, self.path)
 
     def keep_latest(self, keep: int) -> list[int]:
         """Delete all but the newest ``keep`` epochs; returns the deleted ones."""
@@ -621,14 +621,6 @@ def _latest_totals(path: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _remove_dir(path: Path, parent: Path) -> None:
-    if not path.is_dir():
-        return
-    gone = parent / f".{path.name}.removed-{uuid.uuid4().hex[:8]}"
-    os.rename(path, gone)  # atomic: readers see the folder or nothing
-    shutil.rmtree(gone, ignore_errors=True)
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         out = json.loads(path.read_text())
@@ -643,11 +635,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _check_size(path: Path, size: int) -> None:
     try:
-        actual = path.stat().st_size
-    except FileNotFoundError:
-        raise PlanError(f"{path}: file is missing") from None
-    if actual != size:
-        raise PlanError(f"{path}: size {actual} B differs from the recorded {size} B (truncated?)")
+        check_file_size(path, size, EPOCH_JSON)
+    except ChecksumError as e:
+        raise PlanError(str(e)) from None
 
 
 def _jsonable(d: Any) -> Any:
@@ -735,7 +725,7 @@ class BackgroundPlanner:
         self._released.add(epoch)
         self.plan.release(epoch)
         if self.pack is not None:
-            _remove_dir(self.plan.path / "packs" / self.pack[0].name / _epoch_dir(epoch), self.plan.path)
+            remove_dir(self.plan.path / "packs" / self.pack[0].name / _epoch_dir(epoch), self.plan.path)
         self._slots.release()
 
     def close(self) -> None:
