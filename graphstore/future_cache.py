@@ -46,6 +46,7 @@ import numpy as np
 
 from gnn_ooc.capabilities import cuda_available
 from gnn_ooc.graphstore.base import FeatureStore, InputError, StoreStats
+from gnn_ooc.graphstore.rowops import move_rows, put_rows
 
 NO_USE = int(np.iinfo(np.int64).max)  # "no use inside the window": ranks after every real batch index
 _EMPTY = np.empty(0, np.int64)
@@ -419,13 +420,13 @@ class FutureAwareCache(FeatureStore):
             hit = slots >= 0
             if hit.any():
                 src = torch.from_numpy(slots[hit]).to(rows.device)
-                out[torch.from_numpy(pos[hit]).to(out.device)] = rows[src].to(out.device)
+                move_rows(rows, src, out, torch.from_numpy(pos[hit]))
                 pos = pos[~hit]
             self.stats.add_hits(tier, int(hit.sum()), from_disk=False)
         before = self.backing.stats.disk_bytes_read, self.backing.stats.disk_reads
         if pos.size:
             rows = self.backing.gather(ids[torch.from_numpy(pos)], device=out.device)
-            out[torch.from_numpy(pos).to(out.device)] = rows
+            put_rows(out, torch.from_numpy(pos), rows)
         self.stats.add_hits(self.backing.tier, pos.size, from_disk=self.backing.tier == "disk")
         self.stats.disk_bytes_read += self.backing.stats.disk_bytes_read - before[0]
         self.stats.disk_reads += self.backing.stats.disk_reads - before[1]

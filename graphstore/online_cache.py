@@ -36,6 +36,7 @@ import numpy as np
 
 from gnn_ooc.capabilities import cuda_available
 from gnn_ooc.graphstore.base import FeatureStore, InputError
+from gnn_ooc.graphstore.rowops import move_rows
 
 _GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing: consecutive ids spread over the table
 
@@ -210,7 +211,7 @@ class _HostCache(FeatureStore):
         hit = cached[inv]
         pos = np.flatnonzero(hit)
         if pos.size:
-            out[torch.from_numpy(pos).to(out.device)] = self.rows[torch.from_numpy(slots[inv[pos]])].to(out.device)
+            move_rows(self.rows, torch.from_numpy(slots[inv[pos]]), out, torch.from_numpy(pos))
         self.stats.add_hits(self.tier, pos.size, from_disk=False)
         missing = np.flatnonzero(~cached)  # distinct misses, in id order (sequential for disk stores)
         before = self.backing.stats.disk_bytes_read, self.backing.stats.disk_reads
@@ -226,13 +227,13 @@ class _HostCache(FeatureStore):
         import torch
 
         rows = self.backing.gather(torch.from_numpy(ids))
-        out[torch.from_numpy(np.flatnonzero(miss)).to(out.device)] = rows[torch.from_numpy(row)].to(out.device)
+        move_rows(rows, torch.from_numpy(row), out, torch.from_numpy(np.flatnonzero(miss)))
         order = np.argsort(first, kind="stable")
         dest = self._insert(ids[order])
         # a row evicted by a later insertion of the same batch lost its slot: copy only survivors
         ok = dest >= 0
         ok[ok] = self._slot_id[dest[ok]] == ids[order][ok]
-        self.rows[torch.from_numpy(dest[ok])] = rows[torch.from_numpy(order[ok])]
+        move_rows(rows, torch.from_numpy(order[ok]), self.rows, torch.from_numpy(dest[ok]))
 
     def close(self) -> None:
         self.backing.close()

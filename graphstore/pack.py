@@ -1,20 +1,26 @@
 """DiskGNN packing: each segment's cache misses stored contiguously, read back with one sequential read.
 
 For every segment of ``segment_batches`` consecutive batches of a planned epoch, the rows its
-batches need that neither cache holds are written to one file, each row once. Training reads a
-segment with one large sequential O_DIRECT read before its batches, instead of one random
-4 KiB read per row. Rows sit in id order inside a segment (not in order of first use, as in
-DiskGNN): the segment is read whole either way, and id order lets packing stream: one
-sequential pass over the feature file per group of segments appends every segment's rows as
-they go by, so packing costs one read of the feature file plus one write of the packed bytes
-(a group is as many segments as half ``memory_budget`` can plan; never one random read per
-row). ``pack_budget`` caps the packed bytes on disk; segments past it are left unpacked (their
-rows come from the tiered store).
+batches need that neither cache holds are written to one file, each row once, in the order the
+batches need them: the rows batch 0 of the segment uses first, then the rows batch 1 uses first,
+and so on (a run per batch; ids ascending within a run). Training reads a segment with large
+sequential O_DIRECT reads instead of one random 4 KiB read per row, and batch ``j`` needs only
+the prefix up to its run's end (``runs`` in ``pack.json``), so a reader may start it early.
+
+Packing streams: one sequential pass over the feature file per group of segments. Rows go by
+in id order, and a run's rows are in id order too, so every run is an append stream at a known
+offset of its segment file; each chunk of the feature file is scattered into the runs it feeds
+with one positional write per run (never one random read per row). Packing thus costs one read
+of the feature file per group plus one write of the packed bytes (a group is as many segments
+as half ``memory_budget`` can plan, within ``max_open_segments`` files). ``pack_budget`` caps
+the packed bytes on disk; segments past it are left unpacked (their rows come from the tiered
+store).
 
 Layout, beside the plan's epochs::
 
-    PLAN/packs/NAME/epoch-000003/pack.json        segments (batches, rows, file, size, CRC-32), the
-                                                  cache placement's digest, the dataset identity
+    PLAN/packs/NAME/epoch-000003/pack.json        segments (batches, rows, run ends per batch, file,
+                                                  size, CRC-32), the cache placement's digest, the
+                                                  dataset identity
     PLAN/packs/NAME/epoch-000003/positions.npy    int32, aligned with the epoch's nodes.npy: the row
                                                   of each batch node in its segment; -1 = cached,
                                                   -2 = in an unpacked segment
@@ -41,21 +47,30 @@ from typing import Any, Iterator
 import numpy as np
 
 from gnn_ooc.graphstore.atomic import Staging
-from gnn_ooc.graphstore.base import ChecksumError, DatasetError, MemoryBudgetError
+from gnn_ooc.graphstore.base import (
+    DATA_ALIGNMENT,
+    ChecksumError,
+    DatasetError,
+    FileEntry,
+    MemoryBudgetError,
+)
 from gnn_ooc.graphstore.dataset import check_file_size
 from gnn_ooc.graphstore.directio import open_read
 from gnn_ooc.graphstore.npyfile import (
     NpyWriter,
+    crc32_combine,
     file_checksum,
     format_checksum,
+    npy_header,
     write_bytes_entry,
 )
+from gnn_ooc.graphstore.rowops import move_rows, put_rows
 
 PACK_FORMAT = "gnn-ooc-pack"
-PACK_VERSION = 1
+PACK_VERSION = 2  # 2: rows in order of first use (1: id order)
 PAGE = 4096
 CACHED, UNPACKED = -1, -2
-WRITER_STAGING = 256 << 10  # per open segment file during a pass
+DIRTY_LIMIT = 64 << 20  # written-back bytes between writeback nudges during a pass
 
 
 @dataclass(frozen=True)
@@ -102,23 +117,33 @@ def cache_digest(cached_ids: np.ndarray) -> str:
 class _Segment:
     first_batch: int
     batches: int
-    ids: np.ndarray        # the global ids the segment stores, sorted (the order of the file)
+    ids: np.ndarray        # the global ids the segment stores, sorted (the order they stream by)
+    run_of: np.ndarray     # per id: the batch (within the segment) that uses it first
+    runs: np.ndarray       # [batches + 1] row offsets of each batch's run in the file
     positions: np.ndarray  # per node of the segment's batches: its row in the segment, or CACHED
     packed: bool = True
 
     @property
     def planning_bytes(self) -> int:
-        # ids kept for the pass; positions and np.unique's temporaries only while planning
-        return int(self.ids.nbytes)
+        # held for the pass; positions and np.unique's temporaries only while planning
+        return int(self.ids.nbytes + self.run_of.nbytes + self.runs.nbytes)
 
 
-def _segment(nodes: np.ndarray, cached_sorted: np.ndarray, first_batch: int, batches: int) -> _Segment:
+def _segment(nodes: np.ndarray, batch_starts: np.ndarray, cached_sorted: np.ndarray, first_batch: int) -> _Segment:
+    """Plan one segment: ``batch_starts`` are its batches' offsets into ``nodes`` (from 0)."""
     nodes = np.asarray(nodes, dtype=np.int64)
-    miss = ~_isin_sorted(nodes, cached_sorted)
-    ids, inverse = np.unique(nodes[miss], return_inverse=True)  # each row once per segment
+    miss = np.flatnonzero(~_isin_sorted(nodes, cached_sorted))
+    ids, first, inverse = np.unique(nodes[miss], return_index=True, return_inverse=True)  # once per segment
+    batches = batch_starts.size - 1
+    run_dtype = np.uint16 if batches <= 1 << 16 else np.int32
+    run_of = (np.searchsorted(batch_starts, miss[first], side="right") - 1).astype(run_dtype)
+    runs = np.zeros(batches + 1, np.int64)
+    np.cumsum(np.bincount(run_of, minlength=batches), out=runs[1:])
+    row = np.empty(ids.size, np.int64)  # ids sorted by (first batch, id): the file's order
+    row[np.argsort(run_of, kind="stable")] = np.arange(ids.size)
     positions = np.full(nodes.size, CACHED, np.int32)  # int32: half the planning memory per node
-    positions[miss] = inverse
-    return _Segment(first_batch, batches, ids, positions)
+    positions[miss] = row[inverse]
+    return _Segment(first_batch, batches, ids, run_of, runs, positions)
 
 
 def _isin_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
@@ -134,7 +159,8 @@ def plan_segments(epoch_plan: Any, cached_ids: np.ndarray, segment_batches: int)
     index, nodes = epoch_plan.index, epoch_plan._nodes
     for b0 in range(0, len(epoch_plan), segment_batches):
         b1 = min(len(epoch_plan), b0 + segment_batches)
-        yield _segment(nodes[index[b0, 0] : index[b1, 0]], cached_sorted, b0, b1 - b0)
+        starts = np.asarray(index[b0 : b1 + 1, 0], dtype=np.int64)
+        yield _segment(nodes[starts[0] : starts[-1]], starts - starts[0], cached_sorted, b0)
 
 
 # --- the scatter pass ------------------------------------------------------------------------------
@@ -179,21 +205,106 @@ def _round_up(n: int) -> int:
     return (n + PAGE - 1) // PAGE * PAGE
 
 
-def _stream_group(feat: _FeatureFile, group: list[tuple[int, _Segment]], out: Path, chunk: int) -> dict[int, Any]:
-    """One sequential pass over the feature file appending each packed segment's rows (in id order)."""
-    writers = {k: NpyWriter(out / f"segment-{k:06d}.npy", feat.dtype, (seg.ids.size, feat.dim), root=out,
-                            staging=WRITER_STAGING) for k, seg in group}
+class _SegmentFile:
+    """A segment file filled by one append stream per run, with positional writes.
+
+    Writes go through the page cache (a run's appends are adjacent, so writeback merges them);
+    ``nudge`` starts their writeback and drops what is already written, which bounds the dirty
+    bytes a pass holds. The CRC-32 of the whole file is combined from each run's running CRC.
+    """
+
+    def __init__(self, path: Path, root: Path, seg: _Segment, feat: _FeatureFile) -> None:
+        self.path, self.root, self.row_bytes = path, root, feat.row_bytes
+        self.shape = (int(seg.ids.size), feat.dim)
+        self.dtype = str(feat.dtype)
+        self.header = npy_header(feat.dtype, self.shape)
+        self.runs = seg.runs
+        self.cursor = seg.runs[:-1].copy()
+        self.crc = [0] * seg.batches
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self._pwrite(self.header, 0)
+
+    def _pwrite(self, data: Any, offset: int) -> None:
+        view = memoryview(data).cast("B")
+        while len(view):
+            n = os.pwrite(self.fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def append(self, run: int, rows: np.ndarray) -> None:
+        """Append ``rows`` (ascending ids, all first used by batch ``run``) to that run."""
+        at = int(self.cursor[run])
+        if at + rows.shape[0] > self.runs[run + 1]:
+            raise AssertionError(f"{self.path}: run {run} overflows ({at + rows.shape[0]} > {self.runs[run + 1]})")
+        self._pwrite(rows, DATA_ALIGNMENT + at * self.row_bytes)
+        self.crc[run] = zlib.crc32(rows.data.cast("B"), self.crc[run])
+        self.cursor[run] = at + rows.shape[0]
+
+    def nudge(self, sync: bool) -> None:
+        if sync:
+            os.fdatasync(self.fd)
+        if hasattr(os, "posix_fadvise"):  # starts writeback of dirty pages, drops clean ones
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+    def close(self) -> FileEntry:
+        if not np.array_equal(self.cursor, self.runs[1:]):
+            raise AssertionError(f"{self.path}: runs not filled ({self.cursor.tolist()} of {self.runs[1:].tolist()})")
+        crc = zlib.crc32(self.header)
+        for run, run_crc in enumerate(self.crc):
+            crc = crc32_combine(crc, run_crc, int(self.runs[run + 1] - self.runs[run]) * self.row_bytes)
+        self.nudge(sync=True)
+        os.close(self.fd)
+        self.fd = -1
+        size = DATA_ALIGNMENT + self.shape[0] * self.row_bytes
+        return FileEntry(str(self.path.relative_to(self.root)), size, format_checksum(crc), self.dtype, self.shape)
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _scatter(file: _SegmentFile, seg: _Segment, rows: np.ndarray, r0: int, r1: int) -> int:
+    """Append the segment's rows among feature rows ``r0..r1`` to their runs; returns the bytes."""
+    a, b = np.searchsorted(seg.ids, r0), np.searchsorted(seg.ids, r1)
+    if a == b:
+        return 0
+    run_of = seg.run_of[a:b]
+    order = np.argsort(run_of, kind="stable")  # grouped by run, ids still ascending within each
+    ordered = rows[seg.ids[a:b][order] - r0]
+    runs = run_of[order]
+    cuts = np.flatnonzero(runs[1:] != runs[:-1]) + 1
+    for lo, hi in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [runs.size]))):
+        file.append(int(runs[lo]), ordered[lo:hi])
+    return int(ordered.nbytes)
+
+
+def _stream_group(feat: _FeatureFile, group: list[tuple[int, _Segment]], out: Path, chunk: int,
+                  dirty_limit: int) -> dict[int, FileEntry]:
+    """One sequential pass over the feature file scattering each packed segment's rows into its runs.
+
+    Every ``dirty_limit`` written bytes, the files written meanwhile start writeback and those of
+    the interval before are synced: at most about twice ``dirty_limit`` is dirty at a time.
+    """
+    files = {k: _SegmentFile(out / f"segment-{k:06d}.npy", out, seg, feat) for k, seg in group}
     try:
+        written, older, recent = 0, set(), set()  # type: ignore[var-annotated]
         for r0, r1, raw in feat.chunks(chunk):
             rows = raw.view(feat.dtype).reshape(r1 - r0, feat.dim)
             for k, seg in group:
-                a, b = np.searchsorted(seg.ids, r0), np.searchsorted(seg.ids, r1)
-                if a < b:
-                    writers[k].write(rows[seg.ids[a:b] - r0])
-        return {k: w.close() for k, w in writers.items()}
+                n = _scatter(files[k], seg, rows, r0, r1)
+                written += n
+                if n:
+                    recent.add(k)
+            if written >= dirty_limit:
+                for k in older:
+                    files[k].nudge(sync=True)
+                for k in recent:
+                    files[k].nudge(sync=False)
+                written, older, recent = 0, recent, set()
+        return {k: f.close() for k, f in files.items()}
     except BaseException:
-        for w in writers.values():
-            w.abort()
+        for f in files.values():
+            f.abort()
         raise
 
 
@@ -238,6 +349,7 @@ def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], 
     """Segments planned a group at a time (their planning data within half the memory budget),
     each group packed by one sequential pass over the feature file."""
     limit = max(1, spec.memory_budget // 2)
+    dirty = max(1 << 20, min(DIRTY_LIMIT, spec.memory_budget // 16))  # page cache a pass keeps dirty
     budget_left = spec.pack_budget
     files: dict[int, Any] = {}
     meta_segments: list[dict[str, Any]] = []
@@ -258,16 +370,17 @@ def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], 
             positions.write(_stored_positions(seg))
             seg.positions = seg.positions[:0]  # on disk now
             meta_segments.append({"first_batch": seg.first_batch, "batches": seg.batches,
-                                  "rows": int(seg.ids.size), "packed": seg.packed})
+                                  "rows": int(seg.ids.size), "runs": seg.runs[1:].tolist(),
+                                  "packed": seg.packed})
             if seg.packed:
                 group.append((k, seg))
                 rows += int(seg.ids.size)
-            held = sum(g.planning_bytes for _, g in group) + len(group) * WRITER_STAGING
+            held = sum(g.planning_bytes for _, g in group) + 2 * dirty
             if group and (held > limit or len(group) >= spec.max_open_segments):
-                files.update(_stream_group(feat, group, out, spec.read_chunk))
+                files.update(_stream_group(feat, group, out, spec.read_chunk, dirty))
                 passes, group = passes + 1, []
         if group:
-            files.update(_stream_group(feat, group, out, spec.read_chunk))
+            files.update(_stream_group(feat, group, out, spec.read_chunk, dirty))
             passes += 1
     assert positions.entry is not None
     for k, entry in files.items():
@@ -276,7 +389,7 @@ def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], 
         "format": PACK_FORMAT, "version": PACK_VERSION, "epoch": epoch, "cache": digest, "nodes": nodes_crc,
         "settings": spec.identity(),
         "dataset": plan.meta["dataset"]["identity"], "row_bytes": feat.row_bytes, "dtype": str(feat.dtype),
-        "dim": feat.dim, "segment_batches": spec.segment_batches, "order": "id",
+        "dim": feat.dim, "segment_batches": spec.segment_batches, "order": "first use",
         "positions": {"name": positions.entry.name, "size": positions.entry.size,
                       "checksum": positions.entry.checksum},
         "segments": meta_segments,
@@ -432,11 +545,11 @@ class PackedReader:
         from_seg = pos >= 0
         if from_seg.any():
             rows = self._segment_rows(self.packed.segment_of(b))
-            out[torch.from_numpy(np.flatnonzero(from_seg))] = rows[torch.from_numpy(pos[from_seg])].to(out.device)
+            move_rows(rows, torch.from_numpy(pos[from_seg]), out, torch.from_numpy(np.flatnonzero(from_seg)))
             self.store.stats.add_hits("packed", int(from_seg.sum()), from_disk=False)
         rest = np.flatnonzero(~from_seg)
         if rest.size:
-            out[torch.from_numpy(rest)] = self.store.gather(node[rest])
+            put_rows(out, torch.from_numpy(rest), self.store.gather(node[rest]))
         return out
 
     def _segment_rows(self, k: int) -> Any:

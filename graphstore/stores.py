@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from gnn_ooc.graphstore.base import FeatureStore
+from gnn_ooc.graphstore.rowops import put_rows
 
 
 def torch_dtype(name: str) -> Any:
@@ -69,4 +70,4 @@ class MmapStore(FeatureStore):
         rows = torch.from_numpy(np.ascontiguousarray(self.features[idx[order]]))
         if rows.dtype != self.dtype:
             rows = rows.view(self.dtype)  # bfloat16 is stored as its uint16 bit patterns
-        out[torch.from_numpy(order).to(out.device)] = rows.to(out.device)
+        put_rows(out, torch.from_numpy(order), rows)

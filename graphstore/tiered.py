@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from gnn_ooc.graphstore.base import FeatureStore
 from gnn_ooc.graphstore.cache import RowCache
+from gnn_ooc.graphstore.rowops import move_rows, put_rows
 
 
 class TieredStore(FeatureStore):
@@ -38,16 +39,14 @@ class TieredStore(FeatureStore):
             hit = slots >= 0
             n = int(hit.sum())
             if n:
-                rows = torch.empty((n, self.dim), dtype=self.dtype, device=cache.rows.device)
-                cache.read(slots[hit], rows)
-                out[pos[hit].to(out.device)] = rows.to(out.device)
+                move_rows(cache.rows, slots[hit], out, pos[hit])
                 pos = pos[~hit]
             self.stats.add_hits(cache.tier, n, from_disk=False)
             if pos.numel() == 0:
                 return
         before = self.backing.stats.disk_bytes_read, self.backing.stats.disk_reads
         rows = self.backing.gather(ids[pos], device=out.device)
-        out[pos.to(out.device)] = rows
+        put_rows(out, pos, rows)
         self.stats.add_hits(self.backing.tier, pos.numel(), from_disk=self.backing.tier == "disk")
         self.stats.disk_bytes_read += self.backing.stats.disk_bytes_read - before[0]
         self.stats.disk_reads += self.backing.stats.disk_reads - before[1]

@@ -13,13 +13,13 @@ Example:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gnn_ooc.graphstore.atomic import Staging
 from gnn_ooc.graphstore.cache import RowCache
 from gnn_ooc.graphstore.direct import DirectStore
 from gnn_ooc.graphstore.npyfile import write_array
@@ -61,11 +61,11 @@ class Placement:
         return np.union1d(self.device, self.pinned)
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in ("device", "pinned"):
-            tmp = folder / f".{name}.tmp.npy"
-            write_array(tmp, getattr(self, name).astype(np.int64), root=folder)
-            os.replace(tmp, folder / f"{name}.npy")
+        """Write both id files into a staged folder renamed into place: never half of a placement."""
+        with Staging(folder, what="gnn-ooc pack (placement)") as stage:
+            for name in ("device", "pinned"):
+                write_array(stage.path / f"{name}.npy", getattr(self, name).astype(np.int64), root=stage.path)
+            stage.publish()
 
     @staticmethod
     def load(folder: Path) -> Placement:

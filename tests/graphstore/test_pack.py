@@ -46,6 +46,7 @@ def check_round_trip(ds: Dataset, plan: object, x: np.ndarray, epoch: int, cache
         if rows is not None:
             assert rows.shape[0] == seg["rows"]
             assert len({r.tobytes() for r in rows}) == rows.shape[0]  # each row stored once per segment
+        check_first_use_order(packed, seg)
         for b in range(seg["first_batch"], seg["first_batch"] + seg["batches"]):
             node, pos = ep.batch(b).node, packed.positions(b)
             assert np.array_equal(pos == CACHED, np.isin(node, list(held)))
@@ -54,6 +55,21 @@ def check_round_trip(ds: Dataset, plan: object, x: np.ndarray, epoch: int, cache
             else:
                 assert np.array_equal(rows[pos[pos >= 0]], x[node[pos >= 0]])  # every batch's rows
     return packed
+
+
+def check_first_use_order(packed: PackedEpoch, seg: dict) -> None:
+    """Rows sit in the order the batches need them: batch j's new rows form run j, after run j-1."""
+    seen = np.zeros(seg["rows"], bool)
+    start = 0
+    for j, end in enumerate(seg["runs"]):
+        pos = packed.positions(seg["first_batch"] + j)
+        pos = np.unique(pos[pos >= 0])
+        assert pos.size == 0 or pos.max() < end  # a batch needs only the prefix up to its run's end
+        new = pos[~seen[pos]] if seg["packed"] else pos
+        assert np.array_equal(new, np.arange(start, end)) or not seg["packed"]
+        seen[pos] = True
+        start = end
+    assert start == seg["rows"]
 
 
 @pytest.mark.parametrize("segment_batches", [1, 4, 100])
