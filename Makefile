@@ -31,7 +31,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 typecheck: setup
-	$(BIN)/python -m mypy src graphstore sampler tools
+	$(BIN)/python -m mypy src graphstore sampler trainer tools
 
 lint: setup
 	$(BIN)/python -m ruff check src graphstore sampler trainer cuda tools tests

@@ -456,18 +456,21 @@ class PackedEpoch:
         index = self.epoch_plan.index
         return np.asarray(self._positions[index[batch, 0] : index[batch + 1, 0]], dtype=np.int64)
 
-    def read_segment(self, k: int, *, verify: bool = False) -> np.ndarray:
+    def read_segment(self, k: int, *, verify: bool = False, buffer: mmap.mmap | None = None) -> np.ndarray:
         """Segment ``k``'s rows ([rows, D], the dataset's dtype) from one sequential (O_DIRECT) read.
 
-        The array lives in a buffer reused by the next call; copy it to keep it. ``verify``
-        checks the CRC-32 and raises ``ChecksumError`` naming the file.
+        The array lives in ``buffer`` (page-aligned, at least ``buffer_bytes(k)``) or else in a
+        buffer reused by the next call; copy it to keep it. ``verify`` checks the CRC-32 and
+        raises ``ChecksumError`` naming the file.
         """
         seg = self.meta["segments"][k]
         if not seg["packed"]:
             raise DatasetError(f"{self.path}: segment {k} is not packed (over the pack budget)")
         path = self.path / seg["name"]
         data_len = seg["rows"] * self.row_bytes
-        buf = self._buffer(_round_up(PAGE + data_len))
+        if buffer is not None and len(buffer) < self.buffer_bytes(k):
+            raise ValueError(f"{path}: a {len(buffer)} B buffer cannot hold the segment ({self.buffer_bytes(k)} B)")
+        buf = buffer if buffer is not None else self._buffer(_round_up(PAGE + data_len))
         got = _read_fd(self._fds[k], buf, PAGE + data_len)
         self.bytes_read += got
         if got < PAGE + data_len:
@@ -478,6 +481,11 @@ class PackedEpoch:
             if crc != seg["checksum"]:
                 raise ChecksumError(path, f"checksum {crc} differs from pack.json's {seg['checksum']}")
         return raw[PAGE:].view(self.dtype).reshape(seg["rows"], self.dim)
+
+    def buffer_bytes(self, k: int | None = None) -> int:
+        """Bytes a ``read_segment`` buffer needs for segment ``k`` (default: the largest segment)."""
+        segs = self.meta["segments"] if k is None else [self.meta["segments"][k]]
+        return _round_up(PAGE + max([s["rows"] for s in segs if s["packed"]], default=0) * self.row_bytes)
 
     def _buffer(self, nbytes: int) -> mmap.mmap:
         if self._buf is None or len(self._buf) < nbytes:

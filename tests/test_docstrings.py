@@ -11,7 +11,7 @@ import pytest
 import gnn_ooc
 
 MODULES = sorted(
-    m.name for pkg in ("graphstore", "sampler", "tools") for m in pkgutil.iter_modules(importlib.import_module(f"gnn_ooc.{pkg}").__path__, f"gnn_ooc.{pkg}.")
+    m.name for pkg in ("graphstore", "sampler", "trainer", "tools") for m in pkgutil.iter_modules(importlib.import_module(f"gnn_ooc.{pkg}").__path__, f"gnn_ooc.{pkg}.")
 )
 
 

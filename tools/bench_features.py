@@ -13,7 +13,8 @@ the plan inside the timed loop) in a child process under ``../shared/tools/memca
 page cache is dropped first and the cgroup holds page cache + process memory under the cap.
 
 a. ``MmapStore`` gathers (page faults, MADV_RANDOM, the page cache under the cap);
-b. ``DirectStore`` (O_DIRECT, coalesced 4 KiB pages, ``--threads`` in flight), no cache;
+b. ``DirectStore`` (O_DIRECT, coalesced 4 KiB pages, ``--threads`` in flight), no cache; and
+   b'. the same over io_uring (``--queue-depth`` in flight; skipped where io_uring is unavailable);
 c. caches placed by the plan's access counts (``--device-cache`` + ``--pinned-cache``, 1/4 of
    the cap by default; CPU tensors without CUDA), filled before the epoch, the epoch packed
    before it (``pack_epoch``, timed in its own capped child), then ``PackedReader.batch(b)``:
@@ -71,8 +72,9 @@ PREPROCESS_FLAGS = ["--undirected", "--dedup"]
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "gnn-ooc-bench-features"
 MEMCAP = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "memcap.sh"
 PLAN_NAME = PACK_NAME = "bench-features"
-STAGES = ("mmap", "direct", "pack", "packed")
-LABELS = {"mmap": "a. MmapStore gathers", "direct": "b. DirectStore O_DIRECT", "packed": "c. packed + caches"}
+STAGES = ("mmap", "direct", "direct-uring", "pack", "packed")
+LABELS = {"mmap": "a. MmapStore gathers", "direct": "b. DirectStore O_DIRECT", "direct-uring": "b'. DirectStore io_uring",
+          "packed": "c. packed + caches"}
 _BLOCK = 8 << 20
 
 
@@ -171,6 +173,7 @@ def timed_mbps(fn: Callable[[], int]) -> float:
 def child_command(args: argparse.Namespace, stage: str) -> list[str]:
     cmd = [str(args.memcap), str(args.cap), sys.executable, "-m", "gnn_ooc.tools.bench_features",
            "--work", str(args.work), "--child", stage, "--threads", str(args.threads),
+           "--queue-depth", str(args.queue_depth),
            "--device-cache", str(args.device_cache), "--pinned-cache", str(args.pinned_cache),
            "--segment-batches", str(args.segment_batches), "--pack-memory", str(args.pack_memory),
            "--fill-chunk", str(args.fill_chunk)]
@@ -273,11 +276,11 @@ def stage_mmap(args: argparse.Namespace) -> dict[str, Any]:
             "accounting": "kernel read_bytes / bytes of every row delivered (page cache hits included)"}
 
 
-def stage_direct(args: argparse.Namespace) -> dict[str, Any]:
+def stage_direct(args: argparse.Namespace, io: str = "threads") -> dict[str, Any]:
     from gnn_ooc.graphstore.direct import DirectStore
 
     ds, _, ep = open_plan(args)
-    store = DirectStore.of(ds, threads=args.threads)
+    store = DirectStore.of(ds, threads=args.threads, io=io, queue_depth=args.queue_depth)
     store.gather([0])  # warm-up (numba cache load), not timed
     fresh_stats(store)
     clock = Clock()
@@ -287,7 +290,8 @@ def stage_direct(args: argparse.Namespace) -> dict[str, Any]:
     store.close()
     return {**loop, "row_bytes": store.row_bytes, "hits": dict(s.hits), "tier_seconds": clock.seconds, "tier_kernel_bytes": clock.kernel,
             "disk_bytes_read": s.disk_bytes_read, "disk_rows": s.disk_rows, "disk_reads": s.disk_reads,
-            "direct": store.direct, "accounting": "DirectStore stats: bytes read / bytes of rows read from disk"}
+            "direct": store.direct, "io": store.io,
+            "accounting": "DirectStore stats: bytes read / bytes of rows read from disk"}
 
 
 def placement(ep: Any, args: argparse.Namespace, row_bytes: int) -> list[np.ndarray]:
@@ -322,7 +326,7 @@ def fill_caches(ds: Dataset, ep: Any, args: argparse.Namespace) -> tuple[list[An
     from gnn_ooc.graphstore.cache import RowCache
     from gnn_ooc.graphstore.direct import DirectStore
 
-    fill = DirectStore.of(ds, threads=args.threads)
+    fill = DirectStore.of(ds, threads=args.threads, queue_depth=args.queue_depth)
     t0 = time.perf_counter()
     ids = placement(ep, args, fill.row_bytes)
     caches = [RowCache.filled(t, i, fill, chunk_bytes=args.fill_chunk * fill.row_bytes)
@@ -340,7 +344,7 @@ def packed_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Clock, dict[s
 
     ds, plan, ep = open_plan(args)
     caches, fill = fill_caches(ds, ep, args)  # also loads numba's kernels for the backing store
-    backing = DirectStore.of(ds, threads=args.threads)
+    backing = DirectStore.of(ds, threads=args.threads, queue_depth=args.queue_depth)
     store = TieredStore(caches, backing)
     packed = PackedEpoch(plan, 0, PACK_NAME)
     clock = Clock()
@@ -388,7 +392,10 @@ def check_last_batch(ep: Any, reader: Any, store: Any, rows: int = 4096) -> bool
 
 def child_main(args: argparse.Namespace) -> int:
     rss0 = rss_bytes()
-    result = {"mmap": stage_mmap, "direct": stage_direct, "pack": stage_pack, "packed": stage_packed}[args.child](args)
+    stages: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+        "mmap": stage_mmap, "direct": stage_direct, "direct-uring": lambda a: stage_direct(a, "io_uring"),
+        "pack": stage_pack, "packed": stage_packed}
+    result = stages[args.child](args)
     result.update(rss_at_start=rss0, peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     print(json.dumps(result))
     return 0
@@ -549,7 +556,8 @@ def setup_lines(report: dict[str, Any]) -> list[str]:
         f"has {pl['full_batches']:,} batches (these are {100 * pl['batches'] / pl['full_batches']:.1f}% of an epoch)",
         f"disk: sequential O_DIRECT reads of the feature file, 8 MiB requests: {reads} MB/s; O_DIRECT write "
         f"of the packed bytes {write}",
-        f"threads: DirectStore {report['threads']} reads in flight; machine {os.cpu_count()} cores",
+        f"threads: DirectStore {report['threads']} reads in flight (b., and c.'s misses without io_uring), io_uring "
+        f"queue depth {report['queue_depth']} (b'., and c.'s misses: io='auto'); machine {os.cpu_count()} cores",
     ]
 
 
@@ -604,7 +612,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=40, help="batches of the planned (cut) epoch, all measured")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cap", type=parse_size, default=parse_size("512M"), help="memcap bytes (default 512M)")
-    p.add_argument("--threads", type=int, default=16, help="DirectStore reads in flight")
+    p.add_argument("--threads", type=int, default=16, help="DirectStore reads in flight (thread pool)")
+    p.add_argument("--queue-depth", type=int, default=128, help="DirectStore reads in flight (io_uring)")
     p.add_argument("--device-cache", type=parse_size, help="device cache bytes (default cap / 8)")
     p.add_argument("--pinned-cache", type=parse_size, help="pinned cache bytes (default cap / 8)")
     p.add_argument("--segment-batches", type=int, default=8, help="batches per packed segment")
@@ -621,8 +630,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.device_cache = args.cap // 8 if args.device_cache is None else args.device_cache
     args.pinned_cache = args.cap // 8 if args.pinned_cache is None else args.pinned_cache
     args.pack_memory = args.cap // 2 if args.pack_memory is None else args.pack_memory
-    if min(args.batches, args.segment_batches, args.threads, args.probe_rounds) < 1:
-        p.error("--batches, --segment-batches, --threads and --probe-rounds must be >= 1")
+    if min(args.batches, args.segment_batches, args.threads, args.probe_rounds, args.queue_depth) < 1:
+        p.error("--batches, --segment-batches, --threads, --queue-depth and --probe-rounds must be >= 1")
     return args
 
 
@@ -640,7 +649,10 @@ def dir_bytes(path: Path) -> int:
 
 def load_features(args: argparse.Namespace, feats: Path, disk: dict[str, Any]) -> dict[str, Any]:
     """The capped children: a., b., packing, c.; between them the disk's sequential reference."""
-    runs = {s: run_child(args, s) for s in ("mmap", "direct")}
+    from gnn_ooc.capabilities import io_uring_available
+
+    runs = {s: run_child(args, s) for s in ("mmap", "direct", "direct-uring")
+            if s != "direct-uring" or io_uring_available()}
     pack = run_child(args, "pack")
     disk["feature_reads"].append({**seq_read(feats), "when": "after packing"})
     if pack["exit"]:
@@ -668,7 +680,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {"graph": graph, "plan": plan, "disk": disk, **loaded,
             "setup": {"cap": args.cap, "file_over_cap": graph["feature_bytes"] / args.cap,
                       "device_cache": args.device_cache, "pinned_cache": args.pinned_cache},
-            "fanouts": args.fanouts, "batch_size": args.batch_size, "threads": args.threads}
+            "fanouts": args.fanouts, "batch_size": args.batch_size, "threads": args.threads,
+            "queue_depth": args.queue_depth}
 
 
 def main(argv: list[str] | None = None) -> int:

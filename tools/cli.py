@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_sample(sub)
     _add_pack(sub)
+    _add_train(sub)
     return parser
 
 
@@ -346,6 +347,59 @@ def _run_pack(args: argparse.Namespace) -> int:
                "epochs": results}
     print(json.dumps(summary, indent=2) if args.json else
           f"{root}: {len(results)} epochs packed; caches hold {placement.device.size:,} + {placement.pinned.size:,} rows")
+    return 0
+
+
+
+
+# --- train -----------------------------------------------------------------------------------------
+def _add_train(sub: Any) -> None:
+    from gnn_ooc.trainer.config import cli_fields
+
+    p = sub.add_parser("train", help="train a GNN out of core (offline plan + packs + caches by default)",
+                       description="Flags override --config; the resolved config is saved in the run folder.")
+    p.add_argument("dataset", nargs="?", help="the preprocessed dataset (or dataset: in --config)")
+    p.add_argument("--config", type=Path, help="YAML or JSON file of settings (flags override it)")
+    p.add_argument("--resume", type=Path, metavar="RUN", help="continue RUN from its newest checkpoint")
+    for f in cli_fields():
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} (default: {_default_text(f.default)})"
+        if str(f.type).startswith("bool"):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            p.add_argument(flag, dest=f.name, default=None, help=help_text, metavar=f.name.upper())
+    p.set_defaults(handler=_run_train)
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1 << 20:
+        return format_size(value)
+    return str(value)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from gnn_ooc.trainer.config import TrainConfig, cli_fields, read_config_file
+    from gnn_ooc.trainer.run import resume, train
+
+    flags = {f.name: getattr(args, f.name) for f in cli_fields()}
+    if args.resume is not None:
+        summary = resume(args.resume, flags, say=_say)
+        run = args.resume
+    else:
+        file_values = read_config_file(args.config) if args.config else {}
+        if args.dataset:
+            flags["dataset"] = args.dataset
+        cfg = TrainConfig.resolve(file_values, flags, source=str(args.config or "config"))
+        from gnn_ooc.trainer.run import run_folder
+
+        run = run_folder(cfg)
+        summary = train(cfg.__class__(**{**cfg.__dict__, "out": str(run)}), say=_say)
+    best, test = summary["best_valid_acc"], summary["test_acc_at_best_valid"]
+    print(f"run: {Path(run).resolve()}")
+    print(f"best valid accuracy {100 * best:.2f}% (epoch {summary['best_epoch']}), test accuracy there "
+          f"{100 * test:.2f}%; epochs {summary['epochs_done']}, steps {summary['steps']}")
     return 0
 
 

@@ -11,8 +11,11 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -30,6 +33,31 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+@functools.lru_cache(maxsize=1)
+def io_uring_available() -> bool:
+    """Whether this process may create an io_uring that can read (Linux 5.6+, not disabled).
+
+    Probed once: ``/proc/sys/kernel/io_uring_disabled`` 2 turns it off for everyone, and a
+    one-entry ring is set up and closed (that answers 1, seccomp filters and old kernels).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        if Path("/proc/sys/kernel/io_uring_disabled").read_text().strip() == "2":
+            return False
+    except OSError:  # kernels before 6.6 have no such switch
+        pass
+    from gnn_ooc.graphstore.uring import IORING_FEAT_RW_CUR_POS, UringParams, uring_setup
+
+    params = UringParams()
+    try:
+        fd = uring_setup(1, params)
+    except OSError:
+        return False
+    os.close(fd)
+    return bool(params.features & IORING_FEAT_RW_CUR_POS)  # the feature bit that came with IORING_OP_READ
+
+
 def optional_library(name: str) -> bool:
     """Whether an optional library (``torch_geometric``, ``dgl``, ...) can be imported."""
     return importlib.util.find_spec(name) is not None
@@ -42,6 +70,7 @@ def detect() -> dict[str, Any]:
     return {
         "cpu_threads": numba.config.NUMBA_NUM_THREADS,  # type: ignore[attr-defined]
         "o_direct": bool(o_direct_flag()),
+        "io_uring": io_uring_available(),
         "cuda": cuda_available(),
         "torch_geometric": optional_library("torch_geometric"),
         "dgl": optional_library("dgl"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -47,6 +48,16 @@ def future(x: np.ndarray, path: Path) -> FeatureStore:
     return cache
 
 
+def direct_uring(x: np.ndarray, path: Path) -> FeatureStore:
+    from gnn_ooc.capabilities import io_uring_available
+
+    if not io_uring_available():
+        pytest.skip("io_uring is unavailable here")
+    store = DirectStore(path, torch.float32, io="io_uring", queue_depth=4, max_run=8192)  # many waves
+    assert store.io == "io_uring"
+    return store
+
+
 def online(kind: str) -> Callable[[np.ndarray, Path], FeatureStore]:
     def make(x: np.ndarray, path: Path) -> FeatureStore:
         from gnn_ooc.graphstore.online_cache import ClockCache, SieveCache
@@ -63,7 +74,8 @@ STORES: dict[str, Callable[[np.ndarray, Path], FeatureStore]] = {
     "clock": online("clock"),
     "memory": lambda x, p: MemoryStore(torch.from_numpy(x)),
     "mmap": lambda x, p: MmapStore(np.load(p, mmap_mode="r"), torch.float32),
-    "direct": lambda x, p: DirectStore(p, torch.float32, threads=4, max_run=8192),
+    "direct": lambda x, p: DirectStore(p, torch.float32, threads=4, max_run=8192, io="threads"),
+    "direct-uring": direct_uring,
     "buffered": lambda x, p: DirectStore(p, torch.float32, direct=False),
     "tiered": tiered,
 }
@@ -129,6 +141,37 @@ def test_direct_reads_coalesce_rows_in_one_page(features: tuple[np.ndarray, Path
         assert store.stats.disk_reads == 1 and store.stats.disk_bytes_read == 4096
         store.gather([0, 2000])  # far apart: two reads, a page each
         assert store.stats.disk_reads == 3 and store.stats.disk_bytes_read == 3 * 4096
+
+
+def test_direct_backends_agree_and_name_short_files(features: tuple[np.ndarray, Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from gnn_ooc import capabilities
+    from gnn_ooc.capabilities import io_uring_available
+    from gnn_ooc.graphstore.direct import BackendUnavailable
+
+    x, path = features
+    ids = np.random.default_rng(3).integers(0, N, 2000)
+    backends = ["threads", "io_uring"] if io_uring_available() else ["threads"]
+    short = tmp_path / "short.npy"
+    short.write_bytes(path.read_bytes())
+    for io in backends:
+        with DirectStore(path, torch.float32, io=io, max_run=4096) as store:
+            assert torch.equal(store.gather(ids), torch.from_numpy(x[ids]))
+            assert store.stats.disk_reads > 100
+        with DirectStore(short, torch.float32, io=io) as store:
+            os.truncate(short, short.stat().st_size - 1000)  # shrinks under an open store
+            with pytest.raises(InputError, match="short.npy: read .* expected"):
+                store.gather([N - 1])
+            short.write_bytes(path.read_bytes())
+    with pytest.raises(ValueError, match="io must be one of"):
+        DirectStore(path, torch.float32, io="aio")
+    with DirectStore(path, torch.float32) as store:
+        assert store.io == backends[-1]  # auto: io_uring (the faster here) where it can run
+    monkeypatch.setattr(capabilities, "io_uring_available", lambda: False)
+    with pytest.raises(BackendUnavailable, match="io_uring_available"):
+        DirectStore(path, torch.float32, io="io_uring")
+    with DirectStore(path, torch.float32) as store:
+        assert store.io == "threads"
 
 
 def test_placement_by_hotness() -> None:

@@ -1,0 +1,321 @@
+"""A training run from a ``TrainConfig``: the run folder, the mode's batch source, the model, the loop.
+
+``train(cfg)`` is what ``gnn-ooc train`` calls. It resolves the mode (``auto`` is offline),
+builds the training and evaluation sources, the model, optimizer and schedule, trains, and
+writes ``summary.json``. ``resume(run)`` reloads the saved config and the newest checkpoint
+and continues exactly where it stopped.
+
+Memory: ``memory_budget`` is split once here. The caches take what ``CacheBudgets`` derives
+(without CUDA an eighth as "device" cache and a quarter as pinned cache), planning and packing
+in the background process a quarter, and batches in flight (queues and two segment buffers)
+the last eighth, which caps the pipeline depth.
+
+Example:
+    >>> summary = train(TrainConfig.resolve({"dataset": "demo/dataset", "epochs": 2}))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from gnn_ooc.capabilities import cuda_available
+from gnn_ooc.graphstore.cache import RowCache
+from gnn_ooc.graphstore.dataset import Dataset
+from gnn_ooc.graphstore.direct import DirectStore
+from gnn_ooc.graphstore.online_cache import SieveCache
+from gnn_ooc.graphstore.pack import PackedEpoch, PackSpec, pack_epoch
+from gnn_ooc.graphstore.placement import place_by_hotness, rows_for_budget
+from gnn_ooc.graphstore.stores import MemoryStore, torch_dtype
+from gnn_ooc.graphstore.tiered import TieredStore
+from gnn_ooc.graphstore.tiering import (
+    CacheBudgets,
+    Placement,
+    build_tiered_store,
+    place_from_counts,
+)
+from gnn_ooc.sampler.neighbor import NeighborSampler
+from gnn_ooc.sampler.plan import BackgroundPlanner, Planner, PlanSpec
+from gnn_ooc.trainer.checkpoint import atomic_write_bytes, latest_checkpoint, load_checkpoint
+from gnn_ooc.trainer.config import ConfigError, TrainConfig
+from gnn_ooc.trainer.loop import LoopSettings, Trainer
+from gnn_ooc.trainer.models import make_model
+from gnn_ooc.trainer.sources import BatchSource, OfflineSource, SampledSource
+
+Say = Callable[[str], None]
+RESUMABLE = ("epochs", "progress", "max_steps", "threads", "patience", "checkpoint_every")
+
+
+def run_folder(cfg: TrainConfig) -> Path:
+    if cfg.out:
+        return Path(cfg.out)
+    return Path(cfg.dataset) / "runs" / time.strftime("%Y%m%d-%H%M%S")
+
+
+def train(cfg: TrainConfig, *, say: Say = print, rank: int = 0, world: int = 1) -> dict[str, Any]:
+    """Train from scratch into ``cfg.out`` (created; an existing run there must be resumed instead)."""
+    run = run_folder(cfg)
+    if latest_checkpoint(run) is not None:
+        raise ConfigError(f"{run}: holds a run already; use --resume {run} or another --out")
+    run.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        cfg.save(run / "config.yaml" if _has_yaml() else run / "config.json")
+    return _fit(cfg, run, None, say, rank, world)
+
+
+def resume(run: Path, overrides: dict[str, Any] | None = None, *, say: Say = print, rank: int = 0,
+           world: int = 1) -> dict[str, Any]:
+    """Continue ``run`` from its newest checkpoint; only ``RESUMABLE`` settings may change."""
+    run = Path(run)
+    cfg_path = next((p for p in (run / "config.yaml", run / "config.json") if p.is_file()), None)
+    if cfg_path is None:
+        raise ConfigError(f"{run}: no config.yaml or config.json; not a gnn-ooc run folder")
+    bad = sorted(k for k, v in (overrides or {}).items() if v is not None and k not in RESUMABLE)
+    if bad:
+        raise ConfigError(f"--resume keeps the run's settings; these cannot change: {', '.join(bad)}")
+    saved = TrainConfig.load(cfg_path)
+    cfg = TrainConfig.resolve(saved.to_dict(), overrides, source=str(cfg_path))
+    state = load_checkpoint(latest_checkpoint(run))
+    return _fit(cfg, run, state, say, rank, world)
+
+
+def _has_yaml() -> bool:
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _fit(cfg: TrainConfig, run: Path, state: dict[str, Any] | None, say: Say, rank: int, world: int) -> dict[str, Any]:
+    _seed_everything(cfg.seed, cfg.threads)
+    device = _device(cfg.device)
+    ds = Dataset.open(cfg.dataset)
+    mode = _mode(cfg)
+    first_epoch = int(state["loop"]["epoch"]) if state else 0
+    train_src, evals = build_sources(cfg, ds, mode, run, first_epoch, say, rank, world)
+    model, optimizer, scheduler = build_model(cfg, ds, device)
+    if world > 1:
+        model = _ddp(model, device)
+    depth = _depth(cfg, ds)
+    settings = LoopSettings(epochs=cfg.epochs, device=str(device), precision=cfg.precision,
+                            eval_every=cfg.eval_every, patience=cfg.patience, checkpoint_every=cfg.checkpoint_every,
+                            depth=depth, progress=cfg.progress, max_steps=cfg.max_steps, rank=rank, world=world)
+    trainer = Trainer(model, optimizer, scheduler, train_src, evals, run, settings, say=say)
+    if state is not None:
+        trainer.load_state_dict(state)
+        say(f"resuming {run} at epoch {trainer.state.epoch}, batch {trainer.state.position} (step {trainer.state.step})")
+    say(f"training {cfg.model} on {ds.path} in {mode} mode on {device}: {len(train_src.local_batches(first_epoch))} "
+        f"batches per epoch{f' per rank ({world} ranks)' if world > 1 else ''}, pipeline depth {depth}; run {run}")
+    try:
+        trainer.fit()
+    finally:
+        train_src.close()
+        for src in evals.values():
+            if src is not train_src:
+                src.close()
+    summary = _summary(cfg, mode, trainer)
+    if rank == 0:
+        atomic_write_bytes(run / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    return summary
+
+
+def _seed_everything(seed: int, threads: int | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not cuda_available():
+        raise ConfigError("device: cuda requested, but torch sees no CUDA device")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and cuda_available()) else "cpu")
+
+
+def _mode(cfg: TrainConfig) -> str:
+    return "offline" if cfg.mode == "auto" else cfg.mode
+
+
+def _depth(cfg: TrainConfig, ds: Dataset) -> int:
+    """Pipeline depth: ``prefetch``, capped so the batches in flight fit an eighth of the budget."""
+    fanout = 1
+    per_seed = 1
+    for f in cfg.fanouts:
+        fanout *= f if f > 0 else 32  # -1: all neighbours; assume a hub-free average
+        per_seed += fanout
+    row_bytes = (ds.feature_dim or 1) * np.dtype(ds.feature_dtype or "float32").itemsize
+    batch_bytes = cfg.batch_size * per_seed * row_bytes
+    stages = 3  # queues between the plan, read/sample, assemble/gather stages and the loop
+    return max(1, min(cfg.prefetch, cfg.memory_budget // 8 // max(1, stages * batch_bytes)))
+
+
+# --- sources -----------------------------------------------------------------------------------------
+def build_sources(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, first_epoch: int, say: Say,
+                  rank: int = 0, world: int = 1) -> tuple[BatchSource, dict[str, BatchSource]]:
+    """The training source of ``mode`` and the evaluation sources (valid, test) over the same store."""
+    labels = ds.labels
+    if labels is None:
+        raise ConfigError(f"{ds.path}: the dataset has no labels; node classification needs them")
+    sampler = NeighborSampler(ds, list(cfg.fanouts))
+    if mode == "offline":
+        offline = _offline(cfg, ds, sampler, run, first_epoch, labels, say, rank, world)
+        train_src: BatchSource = offline
+        store: Any = offline.store
+    else:
+        store = MemoryStore(np.array(ds.features)) if mode == "memory" else _online_store(cfg, ds)
+        train_src = SampledSource(ds.split("train"), labels, sampler, store, batch_size=cfg.batch_size,
+                                  seed=cfg.seed, mode=mode, rank=rank, world=world)
+    eval_sampler = NeighborSampler(ds, list(cfg.eval_fanouts or cfg.fanouts))
+    evals: dict[str, BatchSource] = {}
+    for split in ("valid", "test"):
+        if ds.has(f"split/{split}") and ds.split(split).size:
+            evals[split] = SampledSource(ds.split(split), labels, eval_sampler, store,
+                                         batch_size=cfg.eval_batch_size or cfg.batch_size, seed=cfg.seed + 1,
+                                         mode="eval")
+    return train_src, evals
+
+
+def _online_store(cfg: TrainConfig, ds: Dataset) -> TieredStore:
+    """Online mode: a device cache of the highest in-degree rows (no plan to rank them by), then a
+    SIEVE host cache in front of direct disk reads."""
+    row_bytes = (ds.feature_dim or 0) * np.dtype(ds.feature_dtype or "float32").itemsize
+    dev_bytes, host_bytes = CacheBudgets(cfg.gpu_cache, cfg.cpu_cache, cfg.memory_budget).resolve(cuda_available())
+    degree = np.diff(np.asarray(ds.indptr, dtype=np.int64))
+    (hot,) = place_by_hotness(degree, [rows_for_budget(dev_bytes, row_bytes)])
+    direct = DirectStore.of(ds)
+    device_cache = RowCache.filled("device", hot, direct)
+    host = SieveCache(rows_for_budget(host_bytes, row_bytes), ds.feature_dim or 0,
+                      torch_dtype(ds.feature_dtype), direct)
+    return TieredStore([device_cache], host)
+
+
+class OfflineEpochs:
+    """Epochs of a run's plan: the first planned and packed here, the rest in a background process
+    (planned and packed while the previous epoch trains), at most ``keep_epochs`` on disk."""
+
+    def __init__(self, ds: Dataset, sampler: NeighborSampler, plan_spec: PlanSpec, pack_spec: PackSpec,
+                 placement: Callable[[Any], Placement], epochs: range, keep_epochs: int, say: Say) -> None:
+        self.pack_spec = pack_spec
+        planner = Planner(ds, sampler, plan_spec, progress=say)
+        self.first = epochs.start
+        planner.plan_epoch(self.first)
+        self.plan = planner.plan
+        self.placement = placement(self.plan)
+        features = ds.path / ds.manifest.files["features"].name
+        pack_epoch(self.plan, self.first, self.placement.cached, features, pack_spec, progress=say)
+        rest = list(epochs)[1:]
+        self.background: BackgroundPlanner | None = None
+        if rest:
+            self.background = BackgroundPlanner(ds, sampler, plan_spec, rest, keep_epochs=max(1, keep_epochs - 1),
+                                                pack=(pack_spec, self.placement.cached)).__enter__()
+
+    def wait(self, epoch: int) -> Any:
+        if epoch == self.first:
+            return self.plan.epoch(epoch)
+        assert self.background is not None
+        return self.background.wait(epoch)
+
+    def release(self, epoch: int) -> None:
+        if epoch == self.first:
+            from gnn_ooc.graphstore.atomic import remove_dir
+
+            self.plan.release(epoch)
+            remove_dir(self.plan.path / "packs" / self.pack_spec.name / f"epoch-{epoch:06d}", self.plan.path)
+        elif self.background is not None:
+            self.background.release(epoch)
+
+    def packed(self, epoch: int) -> PackedEpoch | None:
+        try:
+            return PackedEpoch(self.plan, epoch, self.pack_spec.name)
+        except Exception:  # an epoch whose pack is missing trains from the tiered store
+            return None
+
+    def close(self) -> None:
+        if self.background is not None:
+            self.background.close()
+            self.background = None
+
+
+def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, run: Path, first_epoch: int,
+             labels: np.ndarray, say: Say, rank: int, world: int) -> OfflineSource:
+    plan_name = "run-" + hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:12]
+    plan_spec = PlanSpec(name=plan_name, batch_size=cfg.batch_size, seed=cfg.seed,
+                         threads=cfg.threads, memory_budget=max(64 << 20, cfg.memory_budget // 4))
+    pack_spec = PackSpec(segment_batches=cfg.segment_batches, memory_budget=max(64 << 20, cfg.memory_budget // 4),
+                         pack_budget=_pack_budget(cfg, ds))
+    row_bytes = (ds.feature_dim or 0) * np.dtype(ds.feature_dtype or "float32").itemsize
+    budgets = CacheBudgets(cfg.gpu_cache, cfg.cpu_cache, cfg.memory_budget)
+
+    def placement(plan: Any) -> Placement:
+        counts = plan.epoch(first_epoch).access_counts()
+        return place_from_counts(np.asarray(counts), row_bytes, budgets, cuda_available())
+
+    epochs = OfflineEpochs(ds, sampler, plan_spec, pack_spec, placement, range(first_epoch, cfg.epochs),
+                           cfg.keep_epochs, say)
+    store = build_tiered_store(ds, epochs.placement)
+    return OfflineSource(epochs, epochs.packed, labels, store, rank=rank, world=world, sampler=sampler,
+                         on_close=epochs.close)
+
+
+def _pack_budget(cfg: TrainConfig, ds: Dataset) -> int | None:
+    if cfg.pack_budget is None:
+        return None
+    text = cfg.pack_budget.strip().lower()
+    if text.endswith("x"):
+        return int(float(text[:-1]) * ds.manifest.files["features"].size)
+    from gnn_ooc.tools.units import parse_size
+
+    return parse_size(text)
+
+
+# --- model -------------------------------------------------------------------------------------------
+def build_model(cfg: TrainConfig, ds: Dataset, device: torch.device) -> tuple[torch.nn.Module, Any, Any]:
+    if ds.num_classes is None or ds.feature_dim is None:
+        raise ConfigError(f"{ds.path}: training needs node features and labels")
+    kwargs: dict[str, Any] = {"in_dim": ds.feature_dim, "hidden": cfg.hidden, "out_dim": ds.num_classes,
+                              "num_layers": cfg.num_layers, "dropout": cfg.dropout, "norm": cfg.norm}
+    if cfg.model == "gat":
+        kwargs["heads"] = cfg.heads
+    model = make_model(cfg.model, **kwargs).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler: Any = None
+    if cfg.scheduler == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    elif cfg.scheduler == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.epochs // 4), gamma=0.5)
+    return model, optimizer, scheduler
+
+
+def _ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def _summary(cfg: TrainConfig, mode: str, trainer: Trainer) -> dict[str, Any]:
+    st = trainer.state
+    stats = trainer.train.stats()
+    return {
+        "mode": mode, "model": cfg.model, "epochs_done": st.epoch, "steps": st.step,
+        "best_valid_acc": st.best_valid, "best_epoch": st.best_epoch, "test_acc_at_best_valid": st.test_at_best,
+        "stopped_early": st.stopped_early,
+        "epoch_seconds": [r["seconds"] for r in st.epochs],
+        "overlap": [r["overlap"] for r in st.epochs],
+        "stage_seconds": trainer.total_seconds,
+        "disk_bytes_read": stats.get("disk_bytes_read", 0),
+        "read_amplification": stats.get("read_amplification", 0.0),
+        "hit_rates": stats.get("hit_rates", {}),
+        "store": stats,
+        "eval_store": trainer.eval_stats.as_dict(),
+        "epochs": st.epochs,
+    }
