@@ -1,5 +1,5 @@
 # One command sets everything up and runs the demo; one sets up and runs the tests.
-#   make demo    venv + install + synth -> preprocess -> info -> verify -> sample (plan) on a generated graph
+#   make demo    venv + install + synth -> preprocess -> info -> verify -> sample (plan) -> train (plan, pack, train, report)
 #   make test    venv + install + the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -25,7 +25,10 @@ demo: setup
 	$(BIN)/gnn-ooc info $(DEMO)/dataset
 	$(BIN)/gnn-ooc verify $(DEMO)/dataset
 	$(BIN)/gnn-ooc sample $(DEMO)/dataset --fanouts 15,10,5 --batch-size 1024 --epochs 2 --keep-epochs 2 --seed 0 --name demo --force
+	rm -rf $(DEMO)/run
+	$(BIN)/gnn-ooc train $(DEMO)/dataset --epochs 3 --fanouts 10,5 --batch-size 1024 --hidden 128 --memory-budget 64M --segment-batches 16 --out $(DEMO)/run --no-progress
 	@echo "demo dataset: $(abspath $(DEMO)/dataset)"
+	@echo "demo run (metrics, checkpoints, summary.json): $(abspath $(DEMO)/run)"
 
 test: setup
 	$(BIN)/python -m pytest -q
