@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_pack(sub)
     _add_train(sub)
+    _add_embed(sub)
     return parser
 
 
@@ -396,10 +397,44 @@ def _run_train(args: argparse.Namespace) -> int:
 
         run = run_folder(cfg)
         summary = train(cfg.__class__(**{**cfg.__dict__, "out": str(run)}), say=_say)
+    from gnn_ooc.trainer.distributed import detect_env
+
+    env = detect_env()
+    if env is not None and env.rank != 0:
+        return 0  # rank 0 reports for the job
     best, test = summary["best_valid_acc"], summary["test_acc_at_best_valid"]
     print(f"run: {Path(run).resolve()}")
     print(f"best valid accuracy {100 * best:.2f}% (epoch {summary['best_epoch']}), test accuracy there "
           f"{100 * test:.2f}%; epochs {summary['epochs_done']}, steps {summary['steps']}")
+    return 0
+
+
+# --- embed -----------------------------------------------------------------------------------------
+def _add_embed(sub: Any) -> None:
+    p = sub.add_parser("embed", help="layer-wise inference over every node: embeddings, logits, predictions",
+                       description="Run a trained model layer by layer over all nodes, out of core; each "
+                                   "layer's rows are streamed to disk in chunks. See docs/embed.md.")
+    p.add_argument("run", type=Path, help="the run folder (gnn-ooc train --out)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder to write (replaced atomically)")
+    p.add_argument("--chunk-nodes", type=int, help="destination nodes per chunk (default: from the memory budget)")
+    p.add_argument("--memory-budget", type=parse_size, help="bytes for a chunk's block and buffers (default: the run's)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--layer-outputs", action="store_true", help="keep every hidden layer as layers/layer-I.npy")
+    p.add_argument("--checkpoint", type=Path, help="weights to use (default: the run's newest checkpoint)")
+    p.add_argument("--json", action="store_true", help="print embed.json")
+    p.set_defaults(handler=_run_embed)
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    from gnn_ooc.trainer.inference import embed
+
+    summary = embed(args.run, args.output, chunk_nodes=args.chunk_nodes, memory_budget=args.memory_budget,
+                    device=args.device, layer_outputs=args.layer_outputs, checkpoint=args.checkpoint, say=_say)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{args.output}: {summary['nodes']:,} nodes, {', '.join(summary['outputs'])} in "
+              f"{summary['seconds']:.2f} s ({summary['rows_per_s']:,.0f} rows/s)")
     return 0
 
 

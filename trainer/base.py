@@ -45,6 +45,9 @@ class TorchBlock:
 
     Sources are local ids ``0 .. num_src - 1``, destinations ``0 .. num_dst - 1``, and destination
     ``v`` is also source ``v``. Ids are not range-checked (that would synchronise a GPU).
+    ``src_out_degree`` (optional, ``[num_src]``) gives each source's out-degree in the whole
+    graph, counted as ``GCNConv`` counts it (self loops replaced by one): layer-wise inference
+    sets it so that ``GCNConv(degree_norm="both")`` on a chunk equals the whole-graph layer.
 
     Example:
         >>> b = TorchBlock(torch.tensor([[1, 2], [0, 0]]), num_src=3, num_dst=1)
@@ -55,6 +58,7 @@ class TorchBlock:
     edge_index: torch.Tensor
     num_src: int
     num_dst: int
+    src_out_degree: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         ei = self.edge_index
@@ -78,7 +82,11 @@ class TorchBlock:
     def to(self, device: Any, non_blocking: bool = False) -> TorchBlock:
         """This block with ``edge_index`` on ``device`` (itself when already there)."""
         ei = self.edge_index.to(device, non_blocking=non_blocking)
-        return self if ei is self.edge_index else TorchBlock(ei, self.num_src, self.num_dst)
+        deg = self.src_out_degree
+        deg = None if deg is None else deg.to(device, non_blocking=non_blocking)
+        if ei is self.edge_index and deg is self.src_out_degree:
+            return self
+        return TorchBlock(ei, self.num_src, self.num_dst, deg)
 
 
 def torch_blocks(sub: SampledSubgraph, device: Any = None) -> tuple[TorchBlock, ...]:

@@ -114,6 +114,8 @@ class GCNConv(nn.Module):
     a source's out-edges, so "both" on blocks differs from "both" on the whole graph;
     ``degree_norm="right"`` (``1 / deg_in(v)``, the mean over ``v`` and its in-neighbours)
     depends on destinations alone, so a block with all in-neighbours gives the whole-graph value.
+    A block carrying ``src_out_degree`` (whole-graph out-degrees) uses those for "both" instead,
+    which is how layer-wise inference (``gnn-ooc embed``) reproduces the whole-graph layer.
 
     Example:
         >>> block = TorchBlock(torch.tensor([[1, 2], [0, 0]]), num_src=3, num_dst=2)
@@ -141,7 +143,10 @@ class GCNConv(nn.Module):
         deg_in = torch.bincount(dst, minlength=block.num_dst).float()
         if self.degree_norm == "right":
             return deg_in.reciprocal()[dst]
-        deg_out = torch.bincount(src, minlength=block.num_src).float()
+        if block.src_out_degree is not None:  # whole-graph degrees: a chunk of full-neighbour inference
+            deg_out = block.src_out_degree.to(deg_in.dtype)
+        else:
+            deg_out = torch.bincount(src, minlength=block.num_src).float()
         return (deg_out[src] * deg_in[dst]).rsqrt()
 
     def extra_repr(self) -> str:

@@ -16,12 +16,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from gnn_ooc.sampler.neighbor import NeighborSampler
 from gnn_ooc.sampler.plan import BackgroundPlanner, Planner, PlanSpec
 from gnn_ooc.trainer.checkpoint import atomic_write_bytes, latest_checkpoint, load_checkpoint
 from gnn_ooc.trainer.config import ConfigError, TrainConfig
+from gnn_ooc.trainer.distributed import detect_env, init, on_rank0, shutdown
 from gnn_ooc.trainer.loop import LoopSettings, Trainer
 from gnn_ooc.trainer.models import make_model
 from gnn_ooc.trainer.sources import BatchSource, OfflineSource, SampledSource
@@ -59,20 +61,36 @@ def run_folder(cfg: TrainConfig) -> Path:
     return Path(cfg.dataset) / "runs" / time.strftime("%Y%m%d-%H%M%S")
 
 
-def train(cfg: TrainConfig, *, say: Say = print, rank: int = 0, world: int = 1) -> dict[str, Any]:
-    """Train from scratch into ``cfg.out`` (created; an existing run there must be resumed instead)."""
+def train(cfg: TrainConfig, *, say: Say = print, rank: int | None = None,
+          world: int | None = None) -> dict[str, Any]:
+    """Train from scratch into ``cfg.out`` (created; an existing run there must be resumed instead).
+
+    Without ``rank``/``world`` a torchrun or srun environment (``distributed.detect_env``) makes
+    this one of several DDP processes: the process group lives for this call, and only rank 0
+    creates the run folder, logs and writes files.
+    """
+    with _processes(cfg, rank, world) as (rank, world):
+        # rank 0's folder for everyone: each rank's own default (a timestamp) may differ by a second
+        run = on_rank0(lambda: _create_run(cfg), rank, world)
+        return _fit(cfg, run, None, _rank_say(say, rank), rank, world)
+
+
+def _create_run(cfg: TrainConfig) -> Path:
     run = run_folder(cfg)
     if latest_checkpoint(run) is not None:
         raise ConfigError(f"{run}: holds a run already; use --resume {run} or another --out")
     run.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        cfg.save(run / "config.yaml" if _has_yaml() else run / "config.json")
-    return _fit(cfg, run, None, say, rank, world)
+    cfg.save(run / "config.yaml" if _has_yaml() else run / "config.json")
+    return run
 
 
-def resume(run: Path, overrides: dict[str, Any] | None = None, *, say: Say = print, rank: int = 0,
-           world: int = 1) -> dict[str, Any]:
-    """Continue ``run`` from its newest checkpoint; only ``RESUMABLE`` settings may change."""
+def resume(run: Path, overrides: dict[str, Any] | None = None, *, say: Say = print, rank: int | None = None,
+           world: int | None = None) -> dict[str, Any]:
+    """Continue ``run`` from its newest checkpoint; only ``RESUMABLE`` settings may change.
+
+    Every rank reads the config and the checkpoint (rank 0's, saved for all), so the run
+    folder must be on a filesystem all of them see.
+    """
     run = Path(run)
     cfg_path = next((p for p in (run / "config.yaml", run / "config.json") if p.is_file()), None)
     if cfg_path is None:
@@ -83,7 +101,36 @@ def resume(run: Path, overrides: dict[str, Any] | None = None, *, say: Say = pri
     saved = TrainConfig.load(cfg_path)
     cfg = TrainConfig.resolve(saved.to_dict(), overrides, source=str(cfg_path))
     state = load_checkpoint(latest_checkpoint(run))
-    return _fit(cfg, run, state, say, rank, world)
+    with _processes(cfg, rank, world) as (rank, world):
+        return _fit(cfg, run, state, _rank_say(say, rank), rank, world)
+
+
+@contextlib.contextmanager
+def _processes(cfg: TrainConfig, rank: int | None, world: int | None) -> Iterator[tuple[int, int]]:
+    """(rank, world) of this call; joins (and finally leaves) a process group the launcher set up.
+
+    An explicit ``rank``/``world`` means the caller owns the process group: nothing is joined.
+    """
+    if rank is not None or world is not None:
+        yield rank or 0, world or 1
+        return
+    env = detect_env()
+    if env is None:
+        yield 0, 1
+        return
+    init(env, _device(cfg.device))
+    try:
+        yield env.rank, env.world
+    finally:  # also on errors: a rank that leaves makes its peers' collectives fail, not hang
+        shutdown()
+
+
+def _rank_say(say: Say, rank: int) -> Say:
+    return say if rank == 0 else _quiet
+
+
+def _quiet(_message: str) -> None:
+    pass
 
 
 def _has_yaml() -> bool:
@@ -97,6 +144,8 @@ def _has_yaml() -> bool:
 def _fit(cfg: TrainConfig, run: Path, state: dict[str, Any] | None, say: Say, rank: int, world: int) -> dict[str, Any]:
     _seed_everything(cfg.seed, cfg.threads)
     device = _device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (distributed.init)
     ds = Dataset.open(cfg.dataset)
     mode = _mode(cfg)
     first_epoch = int(state["loop"]["epoch"]) if state else 0
@@ -248,6 +297,10 @@ class OfflineEpochs:
 def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, run: Path, first_epoch: int,
              labels: np.ndarray, say: Say, rank: int, world: int) -> OfflineSource:
     plan_name = "run-" + hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:12]
+    if world > 1:
+        # a plan per rank: no rank reads files another is writing or releasing, and it works
+        # when each node keeps the dataset on its own local disk
+        plan_name += f"-rank{rank}"
     plan_spec = PlanSpec(name=plan_name, batch_size=cfg.batch_size, seed=cfg.seed,
                          threads=cfg.threads, memory_budget=max(64 << 20, cfg.memory_budget // 4))
     pack_spec = PackSpec(segment_batches=cfg.segment_batches, memory_budget=max(64 << 20, cfg.memory_budget // 4),

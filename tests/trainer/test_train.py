@@ -14,23 +14,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gnn_ooc.graphstore.base import PreprocessSpec
-from gnn_ooc.graphstore.preprocess import preprocess
-from gnn_ooc.tools.synth import SynthConfig, synth
 from gnn_ooc.trainer.config import ConfigError, TrainConfig
 from gnn_ooc.trainer.pipeline import PipelineError
 from gnn_ooc.trainer.run import resume, train
+from tests.trainer.conftest import make_dataset
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("train")
-    synth(root / "raw", SynthConfig(nodes=3000, avg_degree=6, feature_dim=16, classes=4, seed=3))
-    raw = root / "raw"
-    preprocess(PreprocessSpec(output=root / "ds", edges=(raw / "edges.parquet",), undirected=True,
-                              features=raw / "node_features.npy", labels=raw / "node_labels.npy",
-                              split_dir=raw / "split"))
-    return root / "ds"
+    return make_dataset(tmp_path_factory.mktemp("train"), nodes=3000, avg_degree=6, feature_dim=16, classes=4, seed=3)
 
 
 def config(ds: Path, out: Path, **kw: Any) -> TrainConfig:
