@@ -142,8 +142,8 @@ class Trainer:
         source, stages = self.train.stages(epoch, self.state.position)
         total = len(self.train.local_batches(epoch))
         self.model.train()
-        pipe = Pipeline(source, stages, depth=self.settings.depth, source_name="plan", timers=self.timers)
-        self.train.stop = pipe._stop
+        pipe = Pipeline(source, stages, depth=self.settings.depth, source_name="plan", timers=self.timers,
+                        stop=self.train.stop)
         bar = _progress(self.settings.progress and self.main, total, self.state.position, f"epoch {epoch}")
         losses: list[float] = []
         try:
@@ -257,7 +257,7 @@ class Trainer:
         correct = total = 0
         source.begin_epoch(0)
         items, stages = source.stages(0, 0)
-        with Pipeline(items, stages, depth=self.settings.depth, source_name="plan") as pipe:
+        with Pipeline(items, stages, depth=self.settings.depth, source_name="plan", stop=source.stop) as pipe:
             for batch in pipe:
                 with self._autocast():
                     out = model([b.to(self.device) for b in batch.blocks], batch.x.to(self.device))
@@ -307,5 +307,5 @@ def iter_batches(source: BatchSource, epoch: int, depth: int = 2) -> Iterator[Tr
     """All of ``source``'s batches of ``epoch`` through its pipeline (for tools and tests)."""
     source.begin_epoch(epoch)
     items, stages = source.stages(epoch, 0)
-    with Pipeline(items, stages, depth=depth) as pipe:
+    with Pipeline(items, stages, depth=depth, stop=source.stop) as pipe:
         yield from pipe

@@ -104,11 +104,14 @@ class Pipeline:
     """``source`` then ``stages`` (name, function) in threads; iterate for the last stage's outputs."""
 
     def __init__(self, source: Iterator[Any], stages: Sequence[tuple[str, Callable[[Any], Any]]], *,
-                 depth: int = 2, source_name: str = "source", timers: StageTimers | None = None) -> None:
+                 depth: int = 2, source_name: str = "source", timers: StageTimers | None = None,
+                 stop: threading.Event | None = None) -> None:
+        """``stop``: the flag ``close`` sets; pass the one a stage's own blocking waits watch (cleared here)."""
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.timers = timers if timers is not None else StageTimers()
-        self._stop = threading.Event()
+        self._stop = stop if stop is not None else threading.Event()
+        self._stop.clear()
         self._queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=depth) for _ in range(len(stages) + 1)]
         self._threads = [threading.Thread(target=self._run_source, args=(source, source_name),
                                           name=f"gnn-ooc-{source_name}", daemon=True)]

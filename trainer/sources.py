@@ -81,7 +81,9 @@ class BatchSource(ABC):
         self.labels = labels
         self.rank, self.world = rank, world
         self.sampler = sampler  # its state goes into checkpoints
-        self.stop = threading.Event()  # set by the trainer when a pipeline closes
+        # the pipeline running this source's stages sets it on close: stages blocked in their own
+        # waits (a buffer pool) give up instead of keeping the pipeline from joining them
+        self.stop = threading.Event()
 
     @abstractmethod
     def num_batches(self, epoch: int) -> int:

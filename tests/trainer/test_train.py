@@ -129,3 +129,32 @@ def test_config_errors(dataset: Path, tmp_path: Path) -> None:
         train(config(dataset, tmp_path / "r", mode="memory", epochs=1), say=quiet)
     with pytest.raises(ConfigError, match="cannot change: lr"):
         resume(tmp_path / "r", {"lr": 0.1}, say=quiet)
+
+
+def test_failing_assembly_while_reads_wait_for_buffers(dataset: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read stage blocks on the two segment buffers that a failed assembly never returns: closing
+    the pipeline must still stop it (the buffer pool watches the pipeline's stop flag)."""
+    import threading
+
+    from gnn_ooc.trainer import sources
+
+    def broken(self: Any, item: Any) -> Any:
+        time.sleep(0.5)  # long enough for the read stage to take both buffers and wait
+        raise OSError("assembly failed")
+
+    monkeypatch.setattr(sources.OfflineSource, "_assemble", broken)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            train(config(dataset, tmp_path / "run", mode="offline", segment_batches=1, gpu_cache="4K",
+                         cpu_cache="4K"), say=quiet)
+        except BaseException as e:  # noqa: B902 - the test inspects whatever ends the run
+            failure.append(e)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=90)
+    assert not worker.is_alive(), "the run hung after a stage failed"
+    assert failure and isinstance(failure[0], PipelineError) and "assembly failed" in str(failure[0])
