@@ -530,6 +530,34 @@ def _read_fd(fd: int, buf: mmap.mmap, nbytes: int, piece: int = 8 << 20, in_flig
     return min(done, nbytes)
 
 
+def count_segment_read(stats: Any, rows: int, nbytes: int) -> None:
+    """Count a segment read in a store's ``stats``: its rows count as rows from disk once, when
+    read, so the read amplification of a packed epoch stays honest."""
+    stats.disk_rows += rows
+    stats.disk_bytes_read += nbytes
+    stats.disk_reads += 1
+
+
+def assemble_batch(node: np.ndarray, pos: np.ndarray | None, segment_rows: np.ndarray | None, store: Any,
+                   out: Any = None) -> Any:
+    """One batch's features: nodes with ``pos >= 0`` from ``segment_rows`` (its segment as read), the
+    rest (cached, or in an unpacked segment; all of them when ``pos`` is None) from ``store``."""
+    import torch
+
+    out = out if out is not None else torch.empty((node.size, store.dim), dtype=store.dtype)
+    from_seg = np.zeros(node.size, bool)
+    if pos is not None and segment_rows is not None:
+        from_seg = pos >= 0
+        rows = torch.from_numpy(segment_rows)
+        rows = rows.view(store.dtype) if rows.dtype != store.dtype else rows  # bfloat16 is stored as uint16
+        move_rows(rows, torch.from_numpy(pos[from_seg]), out, torch.from_numpy(np.flatnonzero(from_seg)))
+        store.stats.add_hits("packed", int(from_seg.sum()), from_disk=False)
+    rest = np.flatnonzero(~from_seg)
+    if rest.size:
+        put_rows(out, torch.from_numpy(rest), store.gather(torch.from_numpy(node[rest])))
+    return out
+
+
 class PackedReader:
     """Batch features of a packed epoch: segment rows (one sequential read per segment), cached rows
     from the caches, and rows of unpacked segments from ``store``.
@@ -542,35 +570,17 @@ class PackedReader:
     def __init__(self, packed: PackedEpoch, store: Any) -> None:
         self.packed, self.store = packed, store
         self._segment: int | None = None
-        self._rows: Any = None
+        self._rows: np.ndarray | None = None
 
     def batch(self, b: int, out: Any = None) -> Any:
-        import torch
-
-        node = self.packed.epoch_plan.nodes(b)
         pos = self.packed.positions(b)
-        out = out if out is not None else torch.empty((node.size, self.store.dim), dtype=self.store.dtype)
-        from_seg = pos >= 0
-        if from_seg.any():
-            rows = self._segment_rows(self.packed.segment_of(b))
-            move_rows(rows, torch.from_numpy(pos[from_seg]), out, torch.from_numpy(np.flatnonzero(from_seg)))
-            self.store.stats.add_hits("packed", int(from_seg.sum()), from_disk=False)
-        rest = np.flatnonzero(~from_seg)
-        if rest.size:
-            put_rows(out, torch.from_numpy(rest), self.store.gather(node[rest]))
-        return out
+        rows = self._segment_rows(self.packed.segment_of(b)) if (pos >= 0).any() else None
+        return assemble_batch(self.packed.epoch_plan.nodes(b), pos, rows, self.store, out)
 
-    def _segment_rows(self, k: int) -> Any:
-        import torch
-
-        if self._segment != k:
+    def _segment_rows(self, k: int) -> np.ndarray:
+        if self._segment != k or self._rows is None:
             before = self.packed.bytes_read
-            arr = self.packed.read_segment(k)
-            # the segment's rows count as rows from disk once, when read: amplification stays honest
-            self.store.stats.disk_rows += arr.shape[0]
-            self.store.stats.disk_bytes_read += self.packed.bytes_read - before
-            self.store.stats.disk_reads += 1
-            t = torch.from_numpy(arr)
-            self._rows = t.view(self.store.dtype) if t.dtype != self.store.dtype else t
+            self._rows = self.packed.read_segment(k)
+            count_segment_read(self.store.stats, self._rows.shape[0], self.packed.bytes_read - before)
             self._segment = k
         return self._rows

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from gnn_ooc.graphstore.base import FeatureStore
-from gnn_ooc.graphstore.rowops import move_rows, put_rows
+from gnn_ooc.graphstore.pack import assemble_batch, count_segment_read
 from gnn_ooc.sampler.base import SampledSubgraph, SampleKey, Sampler
 from gnn_ooc.sampler.plan import epoch_order
 from gnn_ooc.trainer.base import torch_blocks
@@ -250,8 +250,9 @@ class OfflineSource(BatchSource):
         seg = state["segment"]
         if seg is None or seg.k != k:
             assert self._pool is not None
-            users = int(np.count_nonzero(todo // packed.segment_batches == k) - np.count_nonzero(
-                todo[: np.searchsorted(todo, batch.index)] // packed.segment_batches == k))
+            # todo ascends and segments are batch ranges: this is the segment's first batch to come,
+            # so every batch of it still to come is a user
+            users = int(np.count_nonzero(todo // packed.segment_batches == k))
             buf = self._pool.take()
             before = packed.bytes_read
             rows = packed.read_segment(k, buffer=buf)
@@ -260,33 +261,17 @@ class OfflineSource(BatchSource):
         return batch, seg
 
     def _count_segment(self, rows: int, nbytes: int) -> None:
-        # a segment's rows count as rows from disk once, when read: amplification stays honest
-        stats = self.store.stats
-        stats.disk_rows += rows
-        stats.disk_bytes_read += nbytes
-        stats.disk_reads += 1
+        count_segment_read(self.store.stats, rows, nbytes)
         self.segment_bytes += nbytes
         self.segment_reads += 1
 
     def _assemble(self, item: tuple[TrainBatch, _Segment | None]) -> TrainBatch:
-        import torch
-
         batch, seg = item
-        node = batch.sub.node
-        x = torch.empty((node.size, self.store.dim), dtype=self.store.dtype)
-        rest = np.arange(node.size)
-        if seg is not None:
-            pos = self._packed.positions(batch.index)
-            from_seg = pos >= 0
-            rows = torch.from_numpy(seg.rows)
-            rows = rows.view(self.store.dtype) if rows.dtype != self.store.dtype else rows
-            move_rows(rows, torch.from_numpy(pos[from_seg]), x, torch.from_numpy(np.flatnonzero(from_seg)))
-            self.store.stats.add_hits("packed", int(from_seg.sum()), from_disk=False)
-            rest = np.flatnonzero(~from_seg)
+        if seg is None:
+            batch.x = assemble_batch(batch.sub.node, None, None, self.store)
+        else:
+            batch.x = assemble_batch(batch.sub.node, self._packed.positions(batch.index), seg.rows, self.store)
             seg.done()
-        if rest.size:
-            put_rows(x, torch.from_numpy(rest), self.store.gather(torch.from_numpy(node[rest])))
-        batch.x = x
         return self.finish_batch(batch)
 
     def stats(self) -> dict[str, Any]:
