@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,13 +231,17 @@ class Trainer:
         return record
 
     def _evaluate_all(self, epoch: int) -> dict[str, Any]:
-        stats = getattr(getattr(self.train, "store", None), "stats", None)
-        before = copy.deepcopy(stats)
-        accs = {name: self.evaluate(src) for name, src in self.evals.items()}
-        if stats is not None:
-            # evaluation reads through the same store: count its rows apart from training's
-            self.eval_stats.merge(_minus(stats, before))
-            self.train.store.stats = before
+        store = getattr(self.train, "store", None)
+        if store is None:
+            accs = {name: self.evaluate(src) for name, src in self.evals.items()}
+        else:
+            # evaluation reads through the same store: its rows go to counters of their own
+            train_stats, store.stats = store.stats, StoreStats(row_bytes=store.stats.row_bytes)
+            try:
+                accs = {name: self.evaluate(src) for name, src in self.evals.items()}
+            finally:
+                self.eval_stats.merge(store.stats)
+                store.stats = train_stats
         valid, st = accs.get("valid"), self.state
         if valid is not None and valid > st.best_valid:
             st.best_valid, st.best_epoch, st.test_at_best, st.bad_evals = valid, epoch, accs.get("test", -1.0), 0
@@ -255,26 +258,14 @@ class Trainer:
         was_training = model.training
         model.eval()
         correct = total = 0
-        source.begin_epoch(0)
-        items, stages = source.stages(0, 0)
-        with Pipeline(items, stages, depth=self.settings.depth, source_name="plan", stop=source.stop) as pipe:
-            for batch in pipe:
-                with self._autocast():
-                    out = model([b.to(self.device) for b in batch.blocks], batch.x.to(self.device))
-                correct += int((out.argmax(1).cpu() == batch.y).sum())
-                total += batch.num_seeds
-                batch.release()
+        for batch in iter_batches(source, 0, self.settings.depth):
+            with self._autocast():
+                out = model([b.to(self.device) for b in batch.blocks], batch.x.to(self.device))
+            correct += int((out.argmax(1).cpu() == batch.y).sum())
+            total += batch.num_seeds
+            batch.release()
         model.train(was_training)
         return correct / total if total else float("nan")
-
-
-def _minus(after: StoreStats, before: StoreStats) -> StoreStats:
-    out = StoreStats(row_bytes=after.row_bytes, rows=after.rows - before.rows,
-                     disk_rows=after.disk_rows - before.disk_rows,
-                     disk_bytes_read=after.disk_bytes_read - before.disk_bytes_read,
-                     disk_reads=after.disk_reads - before.disk_reads)
-    out.hits = {k: v - before.hits.get(k, 0) for k, v in after.hits.items() if v - before.hits.get(k, 0)}
-    return out
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -152,7 +152,7 @@ class SampledSource(BatchSource):
         return self.finish_batch(batch)
 
     def stats(self) -> dict[str, Any]:
-        return store_report(self.store.stats)
+        return self.store.stats.as_dict()
 
     def close(self) -> None:
         self.store.close()
@@ -275,7 +275,7 @@ class OfflineSource(BatchSource):
         return self.finish_batch(batch)
 
     def stats(self) -> dict[str, Any]:
-        out = store_report(self.store.stats)
+        out = self.store.stats.as_dict()
         out["segment_reads"] = self.segment_reads
         out["segment_bytes"] = self.segment_bytes
         return out
@@ -286,8 +286,3 @@ class OfflineSource(BatchSource):
         self.store.close()
         if self._on_close is not None:
             self._on_close()
-
-
-def store_report(stats: Any) -> dict[str, Any]:
-    """A feature store's counters as plain numbers for metrics and ``summary.json``."""
-    return dict(stats.as_dict())
