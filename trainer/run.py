@@ -282,11 +282,10 @@ class OfflineEpochs:
         elif self.background is not None:
             self.background.release(epoch)
 
-    def packed(self, epoch: int) -> PackedEpoch | None:
-        try:
-            return PackedEpoch(self.plan, epoch, self.pack_spec.name)
-        except Exception:  # an epoch whose pack is missing trains from the tiered store
-            return None
+    def packed(self, epoch: int) -> PackedEpoch:
+        # every epoch is packed before it is handed out: a missing, foreign or damaged pack is an
+        # error to report, not a reason to fall back to slow random reads unnoticed
+        return PackedEpoch(self.plan, epoch, self.pack_spec.name)
 
     def close(self) -> None:
         if self.background is not None:
