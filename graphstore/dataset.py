@@ -103,6 +103,13 @@ class Dataset:
         """Row-major [N, D]; bfloat16 features come as their uint16 bit patterns (see ``features_torch``)."""
         return self._load("features")
 
+    @property
+    def feature_row_bytes(self) -> int:
+        """Bytes of one stored feature row (0 without features); bfloat16 counts as its 2-byte storage."""
+        if not self.has("features"):
+            return 0
+        return int(self.features.dtype.itemsize * self.features.shape[1])
+
     def features_torch(self) -> Any:
         """The features as a (memory-mapped, read-only) torch tensor of the stored dtype."""
         import torch

@@ -307,7 +307,7 @@ def stage_pack(args: argparse.Namespace) -> dict[str, Any]:
     from gnn_ooc.graphstore.pack import PackSpec, pack_epoch
 
     ds, plan, ep = open_plan(args)
-    row_bytes = int(ds.features.dtype.itemsize * ds.features.shape[1])
+    row_bytes = ds.feature_row_bytes
     cached = np.concatenate(placement(ep, args, row_bytes))
     copy_rows(np.zeros(8, np.uint8), np.zeros(1, np.int64), 8, np.zeros(8, np.uint8), np.zeros(1, np.int64))
     spec = PackSpec(name=PACK_NAME, segment_batches=args.segment_batches, memory_budget=args.pack_memory,

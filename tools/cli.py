@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from gnn_ooc.graphstore.base import GnnOocError, PreprocessSpec
-from gnn_ooc.tools.units import format_size, parse_size
+from gnn_ooc.tools.units import format_size, parse_size, parse_size_or_multiple
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -303,14 +303,6 @@ def _add_pack(sub: Any) -> None:
     p.set_defaults(handler=_run_pack)
 
 
-def _pack_budget(text: str | None, feature_bytes: int) -> int | None:
-    if text is None:
-        return None
-    if text.lower().endswith("x"):
-        return int(float(text[:-1]) * feature_bytes)
-    return parse_size(text)
-
-
 def _run_pack(args: argparse.Namespace) -> int:
     from gnn_ooc.capabilities import cuda_available
     from gnn_ooc.graphstore.dataset import Dataset
@@ -330,11 +322,10 @@ def _run_pack(args: argparse.Namespace) -> int:
             _say(f"{root}: keeping the saved cache placement ({placement.device.size:,} + {placement.pinned.size:,} "
                  "rows); --replace-placement applies new cache sizes")
     else:
-        row_bytes = ds.features.dtype.itemsize * ds.features.shape[1]
         budgets = CacheBudgets(args.gpu_cache, args.cpu_cache, args.memory_budget)
-        placement = place_from_counts(plan.totals()[1], row_bytes, budgets, cuda_available())
+        placement = place_from_counts(plan.totals()[1], ds.feature_row_bytes, budgets, cuda_available())
         placement.save(root / "placement")
-    budget = _pack_budget(args.pack_budget, features.stat().st_size)
+    budget = None if args.pack_budget is None else parse_size_or_multiple(args.pack_budget, features.stat().st_size)
     results = []
     for e in plan.epochs():
         spec = PackSpec(name=args.name, segment_batches=args.segment_batches, memory_budget=args.memory_budget,

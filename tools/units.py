@@ -3,6 +3,8 @@
 Example:
     >>> parse_size("512M"), parse_size("1.5GiB"), format_size(3 << 30)
     (536870912, 1610612736, '3.0 GiB')
+    >>> parse_size_or_multiple("2x", of=1000), parse_size_or_multiple("4K", of=1000)
+    (2000, 4096)
 """
 
 from __future__ import annotations
@@ -33,3 +35,14 @@ def format_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def parse_size_or_multiple(text: str, of: int) -> int:
+    """A size (``20G``) or a multiple of ``of`` bytes (``2x``, ``0.5x``): how pack budgets are given."""
+    stripped = text.strip().lower()
+    if stripped.endswith("x"):
+        try:
+            return int(float(stripped[:-1]) * of)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a multiple; expected e.g. 2x or 0.5x") from None
+    return parse_size(text)

@@ -44,6 +44,7 @@ from gnn_ooc.graphstore.tiering import (
 )
 from gnn_ooc.sampler.neighbor import NeighborSampler
 from gnn_ooc.sampler.plan import BackgroundPlanner, Planner, PlanSpec
+from gnn_ooc.tools.units import parse_size_or_multiple
 from gnn_ooc.trainer.checkpoint import atomic_write_bytes, latest_checkpoint, load_checkpoint
 from gnn_ooc.trainer.config import ConfigError, TrainConfig
 from gnn_ooc.trainer.distributed import detect_env, init, on_rank0, shutdown
@@ -201,8 +202,7 @@ def _depth(cfg: TrainConfig, ds: Dataset) -> int:
     for f in cfg.fanouts:
         fanout *= f if f > 0 else 32  # -1: all neighbours; assume a hub-free average
         per_seed += fanout
-    row_bytes = (ds.feature_dim or 1) * np.dtype(ds.feature_dtype or "float32").itemsize
-    batch_bytes = cfg.batch_size * per_seed * row_bytes
+    batch_bytes = cfg.batch_size * per_seed * ds.feature_row_bytes
     stages = 3  # queues between the plan, read/sample, assemble/gather stages and the loop
     return max(1, min(cfg.prefetch, cfg.memory_budget // 8 // max(1, stages * batch_bytes)))
 
@@ -236,7 +236,7 @@ def build_sources(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, first_epo
 def _online_store(cfg: TrainConfig, ds: Dataset) -> TieredStore:
     """Online mode: a device cache of the highest in-degree rows (no plan to rank them by), then a
     SIEVE host cache in front of direct disk reads."""
-    row_bytes = (ds.feature_dim or 0) * np.dtype(ds.feature_dtype or "float32").itemsize
+    row_bytes = ds.feature_row_bytes
     dev_bytes, host_bytes = CacheBudgets(cfg.gpu_cache, cfg.cpu_cache, cfg.memory_budget).resolve(cuda_available())
     degree = np.diff(np.asarray(ds.indptr, dtype=np.int64))
     (hot,) = place_by_hotness(degree, [rows_for_budget(dev_bytes, row_bytes)])
@@ -304,7 +304,7 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, run: Path,
                          threads=cfg.threads, memory_budget=max(64 << 20, cfg.memory_budget // 4))
     pack_spec = PackSpec(segment_batches=cfg.segment_batches, memory_budget=max(64 << 20, cfg.memory_budget // 4),
                          pack_budget=_pack_budget(cfg, ds))
-    row_bytes = (ds.feature_dim or 0) * np.dtype(ds.feature_dtype or "float32").itemsize
+    row_bytes = ds.feature_row_bytes
     budgets = CacheBudgets(cfg.gpu_cache, cfg.cpu_cache, cfg.memory_budget)
 
     def placement(plan: Any) -> Placement:
@@ -321,12 +321,7 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, run: Path,
 def _pack_budget(cfg: TrainConfig, ds: Dataset) -> int | None:
     if cfg.pack_budget is None:
         return None
-    text = cfg.pack_budget.strip().lower()
-    if text.endswith("x"):
-        return int(float(text[:-1]) * ds.manifest.files["features"].size)
-    from gnn_ooc.tools.units import parse_size
-
-    return parse_size(text)
+    return parse_size_or_multiple(cfg.pack_budget, ds.manifest.files["features"].size)
 
 
 # --- model -------------------------------------------------------------------------------------------
