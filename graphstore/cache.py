@@ -65,7 +65,3 @@ class RowCache:
             return torch.full_like(ids, -1)
         pos = torch.searchsorted(self.ids, ids).clamp_(max=self.ids.numel() - 1)
         return torch.where(self.ids[pos] == ids, pos, torch.full_like(pos, -1))
-
-    def read(self, slots: Any, out: Any) -> None:
-        """out[i] = row of slot ``slots[i]`` (every slot held)."""
-        out.copy_(self.rows[slots.to(self.rows.device)])
