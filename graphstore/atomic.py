@@ -127,6 +127,23 @@ def remove_dir(path: Path, trash: Path) -> None:
     shutil.rmtree(gone, ignore_errors=True)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a small file through a temporary sibling, fsynced and renamed into place: readers see
+    the old file or the new one, never a part (configs, metrics rewrites, summaries, checkpoints)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

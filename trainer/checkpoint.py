@@ -16,14 +16,13 @@ Example:
 from __future__ import annotations
 
 import io
-import os
 import random
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gnn_ooc.graphstore.atomic import atomic_write_bytes
 from gnn_ooc.graphstore.base import GnnOocError
 
 CHECKPOINTS = "checkpoints"
@@ -31,26 +30,6 @@ CHECKPOINTS = "checkpoints"
 
 class CheckpointError(GnnOocError):
     """A checkpoint that cannot be read or does not fit the run."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling renamed into place (fsynced)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(run: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:

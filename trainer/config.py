@@ -119,7 +119,7 @@ class TrainConfig:
 
     def save(self, path: Path) -> None:
         """Write the resolved config (YAML when PyYAML imports, else JSON) atomically."""
-        from gnn_ooc.trainer.checkpoint import atomic_write_bytes
+        from gnn_ooc.graphstore.atomic import atomic_write_bytes
 
         atomic_write_bytes(path, _dump(self.to_dict(), path.suffix).encode())
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from gnn_ooc.capabilities import cuda_available
+from gnn_ooc.graphstore.atomic import atomic_write_bytes
 from gnn_ooc.graphstore.cache import RowCache
 from gnn_ooc.graphstore.dataset import Dataset
 from gnn_ooc.graphstore.direct import DirectStore
@@ -45,7 +46,7 @@ from gnn_ooc.graphstore.tiering import (
 from gnn_ooc.sampler.neighbor import NeighborSampler
 from gnn_ooc.sampler.plan import BackgroundPlanner, Planner, PlanSpec
 from gnn_ooc.tools.units import parse_size_or_multiple
-from gnn_ooc.trainer.checkpoint import atomic_write_bytes, latest_checkpoint, load_checkpoint
+from gnn_ooc.trainer.checkpoint import latest_checkpoint, load_checkpoint
 from gnn_ooc.trainer.config import ConfigError, TrainConfig
 from gnn_ooc.trainer.distributed import detect_env, init, on_rank0, shutdown
 from gnn_ooc.trainer.loop import LoopSettings, Trainer
