@@ -387,7 +387,7 @@ def _run_train(args: argparse.Namespace) -> int:
         from gnn_ooc.trainer.run import run_folder
 
         run = run_folder(cfg)
-        summary = train(cfg.__class__(**{**cfg.__dict__, "out": str(run)}), say=_say)
+        summary = train(dataclasses.replace(cfg, out=str(run)), say=_say)
     from gnn_ooc.trainer.distributed import detect_env
 
     env = detect_env()

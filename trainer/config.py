@@ -131,6 +131,27 @@ class TrainConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+def saved_config_path(run: Path) -> Path:
+    """The resolved config a run folder holds (``config.yaml``, or ``config.json`` without PyYAML)."""
+    found = next((p for p in (run / "config.yaml", run / "config.json") if p.is_file()), None)
+    if found is None:
+        raise ConfigError(f"{run}: no config.yaml or config.json; not a gnn-ooc run folder")
+    return found
+
+
+def resolve_device(name: str) -> Any:
+    """``auto`` | ``cpu`` | ``cuda`` as a torch device (``auto``: CUDA when torch sees it)."""
+    import torch
+
+    from gnn_ooc.capabilities import cuda_available
+
+    if name not in DEVICES:
+        raise ConfigError(f"device must be {', '.join(DEVICES)}, got {name!r}")
+    if name == "cuda" and not cuda_available():
+        raise ConfigError("device: cuda requested, but torch sees no CUDA device")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and cuda_available()) else "cpu")
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML (``.yaml``/``.yml``) or JSON config file as a mapping; errors name the file."""
     path = Path(path)

@@ -33,14 +33,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from gnn_ooc.capabilities import cuda_available
 from gnn_ooc.graphstore.atomic import Staging
 from gnn_ooc.graphstore.dataset import Dataset
 from gnn_ooc.graphstore.npyfile import NpyWriter
 from gnn_ooc.graphstore.stores import MmapStore
 from gnn_ooc.trainer.base import BlockModel, TorchBlock, TrainerError
 from gnn_ooc.trainer.checkpoint import latest_checkpoint, load_checkpoint
-from gnn_ooc.trainer.config import ConfigError, TrainConfig
+from gnn_ooc.trainer.config import ConfigError, TrainConfig, resolve_device, saved_config_path
 from gnn_ooc.trainer.layers import GCNConv
 
 __all__ = ["chunk_block", "chunk_bounds", "embed", "load_run_model", "source_degrees"]
@@ -66,7 +65,7 @@ def embed(run: str | os.PathLike[str], out: str | os.PathLike[str], *, chunk_nod
         ['embeddings.npy', 'logits.npy', 'predictions.npy']
     """
     t0 = time.perf_counter()
-    dev = _device(device)
+    dev = resolve_device(device)
     cfg, ds, model, ckpt, state = load_run_model(Path(run), checkpoint, dev)
     budget = int(memory_budget if memory_budget is not None else cfg.memory_budget)
     if chunk_nodes is not None and chunk_nodes < 1:
@@ -93,10 +92,7 @@ def load_run_model(run: Path, checkpoint: str | os.PathLike[str] | None,
     """
     from gnn_ooc.trainer.run import build_model
 
-    cfg_path = next((p for p in (run / "config.yaml", run / "config.json") if p.is_file()), None)
-    if cfg_path is None:
-        raise ConfigError(f"{run}: no config.yaml or config.json; not a gnn-ooc run folder")
-    cfg = TrainConfig.load(cfg_path)
+    cfg = TrainConfig.load(saved_config_path(run))
     ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run)
     state = load_checkpoint(ckpt)
     assert ckpt is not None  # load_checkpoint raises on None
@@ -106,14 +102,6 @@ def load_run_model(run: Path, checkpoint: str | os.PathLike[str] | None,
         raise TrainerError(f"{type(model).__name__} is not a BlockModel; layer-wise inference needs layer(i, ...)")
     model.load_state_dict(state["model"])
     return cfg, ds, model.eval(), ckpt, state
-
-
-def _device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not cuda_available():
-        raise ConfigError("device: cuda requested, but torch sees no CUDA device")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and cuda_available()) else "cpu")
 
 
 def _needs_source_degrees(model: torch.nn.Module) -> bool:

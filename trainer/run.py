@@ -47,7 +47,7 @@ from gnn_ooc.sampler.neighbor import NeighborSampler
 from gnn_ooc.sampler.plan import BackgroundPlanner, Planner, PlanSpec
 from gnn_ooc.tools.units import parse_size_or_multiple
 from gnn_ooc.trainer.checkpoint import latest_checkpoint, load_checkpoint
-from gnn_ooc.trainer.config import ConfigError, TrainConfig
+from gnn_ooc.trainer.config import ConfigError, TrainConfig, resolve_device, saved_config_path
 from gnn_ooc.trainer.distributed import detect_env, init, on_rank0, shutdown
 from gnn_ooc.trainer.loop import LoopSettings, Trainer
 from gnn_ooc.trainer.models import make_model
@@ -94,9 +94,7 @@ def resume(run: Path, overrides: dict[str, Any] | None = None, *, say: Say = pri
     folder must be on a filesystem all of them see.
     """
     run = Path(run)
-    cfg_path = next((p for p in (run / "config.yaml", run / "config.json") if p.is_file()), None)
-    if cfg_path is None:
-        raise ConfigError(f"{run}: no config.yaml or config.json; not a gnn-ooc run folder")
+    cfg_path = saved_config_path(run)
     bad = sorted(k for k, v in (overrides or {}).items() if v is not None and k not in RESUMABLE)
     if bad:
         raise ConfigError(f"--resume keeps the run's settings; these cannot change: {', '.join(bad)}")
@@ -120,7 +118,7 @@ def _processes(cfg: TrainConfig, rank: int | None, world: int | None) -> Iterato
     if env is None:
         yield 0, 1
         return
-    init(env, _device(cfg.device))
+    init(env, resolve_device(cfg.device))
     try:
         yield env.rank, env.world
     finally:  # also on errors: a rank that leaves makes its peers' collectives fail, not hang
@@ -145,7 +143,7 @@ def _has_yaml() -> bool:
 
 def _fit(cfg: TrainConfig, run: Path, state: dict[str, Any] | None, say: Say, rank: int, world: int) -> dict[str, Any]:
     _seed_everything(cfg.seed, cfg.threads)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (distributed.init)
     ds = Dataset.open(cfg.dataset)
@@ -184,12 +182,6 @@ def _seed_everything(seed: int, threads: int | None) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not cuda_available():
-        raise ConfigError("device: cuda requested, but torch sees no CUDA device")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and cuda_available()) else "cpu")
 
 
 def _mode(cfg: TrainConfig) -> str:
