@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.gnn-ooc-installed
 DEMO   ?= demo
 
-.PHONY: setup demo test typecheck lint bench-preprocess bench-sampler bench-features clean
+.PHONY: setup demo test typecheck lint bench-preprocess bench-sampler bench-features bench-train clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ demo: setup
 	$(BIN)/gnn-ooc verify $(DEMO)/dataset
 	$(BIN)/gnn-ooc sample $(DEMO)/dataset --fanouts 15,10,5 --batch-size 1024 --epochs 2 --keep-epochs 2 --seed 0 --name demo --force
 	rm -rf $(DEMO)/run
-	$(BIN)/gnn-ooc train $(DEMO)/dataset --epochs 3 --fanouts 10,5 --batch-size 1024 --hidden 128 --memory-budget 64M --segment-batches 16 --out $(DEMO)/run --no-progress
+	$(BIN)/gnn-ooc train $(DEMO)/dataset --epochs 3 --fanouts 10,5 --batch-size 1024 --hidden 128 --memory-budget 64M --out $(DEMO)/run --no-progress
 	@echo "demo dataset: $(abspath $(DEMO)/dataset)"
 	@echo "demo run (metrics, checkpoints, summary.json): $(abspath $(DEMO)/run)"
 
@@ -47,6 +47,10 @@ bench-sampler: setup
 
 bench-features: setup
 	$(BIN)/python -m gnn_ooc.tools.bench_features
+
+bench-train: setup
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m gnn_ooc.tools.bench_train --plot docs/bench-train.png
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache

@@ -237,6 +237,18 @@ class StoreStats:
     def hit_rates(self) -> dict[str, float]:
         return {k: v / self.rows for k, v in self.hits.items()} if self.rows else {}
 
+    def disk_counters(self) -> tuple[int, int, int]:
+        """(disk rows, disk bytes, disk reads) now: pass it to ``add_disk_since`` after a delegation."""
+        return self.disk_rows, self.disk_bytes_read, self.disk_reads
+
+    def add_disk_since(self, backing: StoreStats, before: tuple[int, int, int]) -> None:
+        """Count the disk rows, bytes and reads ``backing`` made since ``before`` as this store's
+        (a cache's misses go to its backing store; the reads are the cache's to report)."""
+        rows, nbytes, reads = backing.disk_counters()
+        self.disk_rows += rows - before[0]
+        self.disk_bytes_read += nbytes - before[1]
+        self.disk_reads += reads - before[2]
+
     def merge(self, other: StoreStats) -> None:
         self.rows += other.rows
         self.disk_rows += other.disk_rows

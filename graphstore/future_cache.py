@@ -368,12 +368,11 @@ class FutureAwareCache(FeatureStore):
     def _read_backing(self, ids: np.ndarray, out: Any) -> None:
         import torch
 
-        before = self.backing.stats.disk_bytes_read, self.backing.stats.disk_reads
+        before = self.backing.stats.disk_counters()
         if ids.size:
             self.backing.gather(torch.from_numpy(ids), out=out)
-        self.prefetch_stats.add_hits(self.backing.tier, ids.size, from_disk=self.backing.tier == "disk")
-        self.prefetch_stats.disk_bytes_read += self.backing.stats.disk_bytes_read - before[0]
-        self.prefetch_stats.disk_reads += self.backing.stats.disk_reads - before[1]
+        self.prefetch_stats.add_hits(self.backing.tier, ids.size, from_disk=False)
+        self.prefetch_stats.add_disk_since(self.backing.stats, before)
 
     def _copy_in(self, slots: np.ndarray, staging: Any) -> None:
         """rows[slots] = staging: on a side CUDA stream (``gather`` waits for it), else in place."""
@@ -423,13 +422,12 @@ class FutureAwareCache(FeatureStore):
                 move_rows(rows, src, out, torch.from_numpy(pos[hit]))
                 pos = pos[~hit]
             self.stats.add_hits(tier, int(hit.sum()), from_disk=False)
-        before = self.backing.stats.disk_bytes_read, self.backing.stats.disk_reads
+        before = self.backing.stats.disk_counters()
         if pos.size:
             rows = self.backing.gather(ids[torch.from_numpy(pos)], device=out.device)
             put_rows(out, torch.from_numpy(pos), rows)
-        self.stats.add_hits(self.backing.tier, pos.size, from_disk=self.backing.tier == "disk")
-        self.stats.disk_bytes_read += self.backing.stats.disk_bytes_read - before[0]
-        self.stats.disk_reads += self.backing.stats.disk_reads - before[1]
+        self.stats.add_hits(self.backing.tier, pos.size, from_disk=False)
+        self.stats.add_disk_since(self.backing.stats, before)
 
     def close(self) -> None:
         self.backing.close()

@@ -214,12 +214,12 @@ class _HostCache(FeatureStore):
             move_rows(self.rows, torch.from_numpy(slots[inv[pos]]), out, torch.from_numpy(pos))
         self.stats.add_hits(self.tier, pos.size, from_disk=False)
         missing = np.flatnonzero(~cached)  # distinct misses, in id order (sequential for disk stores)
-        before = self.backing.stats.disk_bytes_read, self.backing.stats.disk_reads
+        before = self.backing.stats.disk_counters()
         if missing.size:
             self._miss(uniq[missing], first[missing], np.searchsorted(missing, inv[~hit]), ~hit, out)
-        self.stats.add_hits(self.backing.tier, int((~hit).sum()), from_disk=self.backing.tier == "disk")
-        self.stats.disk_bytes_read += self.backing.stats.disk_bytes_read - before[0]
-        self.stats.disk_reads += self.backing.stats.disk_reads - before[1]
+        # repeats of a missing id are served once from the backing store: its disk rows count
+        self.stats.add_hits(self.backing.tier, int((~hit).sum()), from_disk=False)
+        self.stats.add_disk_since(self.backing.stats, before)
 
     def _miss(self, ids: np.ndarray, first: np.ndarray, row: np.ndarray, miss: np.ndarray, out: Any) -> None:
         """Serve the distinct missing ``ids`` (``row``: which one each missing position wants) from

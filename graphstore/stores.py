@@ -36,6 +36,17 @@ class MemoryStore(FeatureStore):
         super().__init__(t.shape[0], t.shape[1], t.dtype, t.device)
         self.rows = t
 
+    @classmethod
+    def of(cls, dataset: Any) -> MemoryStore:
+        """A dataset's features read into RAM with sequential reads (no memory map kept resident)."""
+        import torch
+
+        mapped = dataset.features
+        rows = np.empty(mapped.shape, mapped.dtype)
+        _read_exact(dataset.path / dataset.manifest.files["features"].name, int(mapped.offset), rows)
+        t = torch.from_numpy(rows)
+        return cls(t.view(torch.bfloat16) if dataset.feature_dtype == "bfloat16" else t)
+
     def _gather(self, ids: Any, out: Any) -> None:
         import torch
 
@@ -43,6 +54,18 @@ class MemoryStore(FeatureStore):
             torch.index_select(self.rows, 0, ids.to(self.rows.device), out=out)
         else:
             out.copy_(self.rows[ids.to(self.rows.device)])
+
+
+def _read_exact(path: Any, offset: int, out: np.ndarray) -> None:
+    view = out.reshape(-1).view(np.uint8).data
+    with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
+        done = 0
+        while done < len(view):
+            got = f.readinto(view[done : done + (64 << 20)])
+            if not got:
+                raise EOFError(f"{path}: ends at byte {offset + done}, expected {offset + len(view)} bytes of rows")
+            done += got
 
 
 class MmapStore(FeatureStore):

@@ -44,12 +44,11 @@ class TieredStore(FeatureStore):
             self.stats.add_hits(cache.tier, n, from_disk=False)
             if pos.numel() == 0:
                 return
-        before = self.backing.stats.disk_bytes_read, self.backing.stats.disk_reads
+        before = self.backing.stats.disk_counters()
         rows = self.backing.gather(ids[pos], device=out.device)
         put_rows(out, pos, rows)
-        self.stats.add_hits(self.backing.tier, pos.numel(), from_disk=self.backing.tier == "disk")
-        self.stats.disk_bytes_read += self.backing.stats.disk_bytes_read - before[0]
-        self.stats.disk_reads += self.backing.stats.disk_reads - before[1]
+        self.stats.add_hits(self.backing.tier, pos.numel(), from_disk=False)
+        self.stats.add_disk_since(self.backing.stats, before)
 
     def close(self) -> None:
         self.backing.close()

@@ -669,8 +669,9 @@ class BackgroundPlanner:
 
     def __init__(self, dataset: Dataset | str | os.PathLike[str], sampler: Sampler, spec: PlanSpec,
                  epochs: Sequence[int], *, keep_epochs: int = 2, force: bool = False,
-                 pack: tuple[Any, np.ndarray] | None = None) -> None:
-        """``pack=(PackSpec, cached ids)`` also packs each epoch (DiskGNN) in the child, after planning it."""
+                 pack: tuple[Any, np.ndarray] | None = None, nice: int = 0) -> None:
+        """``pack=(PackSpec, cached ids)`` also packs each epoch (DiskGNN) in the child, after planning it;
+        ``nice`` lowers the child's CPU priority (training keeps the cores it needs; the child gets the rest)."""
         if keep_epochs < 1:
             raise PlanError(f"keep_epochs must be >= 1, got {keep_epochs}")
         # created here, so a mismatched plan fails in the caller, not in the child
@@ -678,7 +679,7 @@ class BackgroundPlanner:
         self.ds_path = str(self.plan.path.parents[1])
         self.sampler, self.spec, self.epochs = sampler, spec, [int(e) for e in epochs]
         self.keep_epochs = keep_epochs
-        self.pack = pack
+        self.pack, self.nice = pack, nice
         self._done: set[int] = set()
         self._released: set[int] = set()
         self._proc: Any = None
@@ -694,7 +695,7 @@ class BackgroundPlanner:
             # pickled here and loaded inside the child's error handling, so a failure to reopen
             # the sampler's dataset is reported like any other
             args=(self.ds_path, pickle.dumps(self.sampler), self.spec, self.epochs, self._slots, self._queue,
-                  os.getpid(), self.pack),
+                  os.getpid(), self.pack, self.nice),
         )
         self._proc.start()
         return self
@@ -743,10 +744,12 @@ class BackgroundPlanner:
 
 
 def _background_main(ds_path: str, sampler_blob: bytes, spec: PlanSpec, epochs: list[int],
-                     slots: Any, out: Any, parent: int, pack: tuple[Any, np.ndarray] | None) -> None:
+                     slots: Any, out: Any, parent: int, pack: tuple[Any, np.ndarray] | None, nice: int = 0) -> None:
     import traceback
 
     try:
+        if nice:
+            os.nice(nice)
         planner = Planner(ds_path, pickle.loads(sampler_blob), spec)
         features = planner.ds.path / planner.ds.manifest.files["features"].name if pack else None
         for e in epochs:

@@ -97,6 +97,8 @@ def spec_from_args(args: argparse.Namespace) -> PreprocessSpec:
     elif args.ogb is not None:
         found = ogb_layout(args.ogb, args.ogb_split)
     values: dict[str, Any] = {k: v for k, v in found.items() if v is not None}
+    if getattr(args, "split", None) is not None:
+        values.pop("split_dir", None)  # an explicit --split replaces the layout's split folder
     names = {f.name for f in dataclasses.fields(PreprocessSpec)}
     for key in names:
         value = getattr(args, key, None)
@@ -395,8 +397,12 @@ def _run_train(args: argparse.Namespace) -> int:
         return 0  # rank 0 reports for the job
     best, test = summary["best_valid_acc"], summary["test_acc_at_best_valid"]
     print(f"run: {Path(run).resolve()}")
-    print(f"best valid accuracy {100 * best:.2f}% (epoch {summary['best_epoch']}), test accuracy there "
-          f"{100 * test:.2f}%; epochs {summary['epochs_done']}, steps {summary['steps']}")
+    done = f"epochs {summary['epochs_done']}, steps {summary['steps']}"
+    if summary["best_epoch"] < 0:
+        print(f"no evaluation yet; {done}")
+    else:
+        print(f"best valid accuracy {100 * best:.2f}% (epoch {summary['best_epoch']}), test accuracy there "
+              f"{100 * test:.2f}%; {done}")
     return 0
 
 

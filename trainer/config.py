@@ -23,7 +23,7 @@ from typing import Any, Mapping
 from gnn_ooc.graphstore.base import GnnOocError
 from gnn_ooc.tools.units import parse_size
 
-MODES = ("auto", "offline", "online", "memory")
+MODES = ("auto", "offline", "online", "memory", "mmap")
 MODELS = ("sage", "gcn", "gat")
 NORMS = ("none", "batch", "layer")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -46,7 +46,8 @@ class TrainConfig:
     dataset: str = _opt("", "the preprocessed dataset folder")
     out: str = _opt("", "the run folder (metrics, checkpoints, summary.json); default DATASET/runs/<time>")
     mode: str = _opt("auto", "offline (plan + packs + caches), online (sampling + tiers), memory (features in "
-                             "RAM), or auto: offline when a plan can be made", choices=MODES)
+                             "RAM), mmap (sampling + page-cache gathers: the naive baseline), or auto: offline",
+                 choices=MODES)
     model: str = _opt("sage", "sage | gcn | gat", choices=MODELS)
     fanouts: tuple[int, ...] = _opt((10, 5), "neighbours per hop, seeds' hop first (-1: all); also the depth")
     batch_size: int = _opt(1024, "seed nodes per batch")
@@ -65,14 +66,15 @@ class TrainConfig:
     gpu_cache: int | None = _opt(None, "device cache bytes (default: from the memory budget)", size=True)
     cpu_cache: int | None = _opt(None, "pinned host cache bytes (default: from the memory budget)", size=True)
     pack_budget: str | None = _opt(None, "disk bytes for packed segments, or a multiple of the feature file (2x)")
-    segment_batches: int = _opt(64, "batches per packed segment")
+    segment_batches: int = _opt(0, "batches per packed segment (0: as many as a segment buffer, an eighth of "
+                                   "the memory budget, holds; at most 64)")
     keep_epochs: int = _opt(2, "planned epochs kept on disk (the one training and the next)")
     threads: int | None = _opt(None, "CPU threads for torch and the samplers (default: all)")
     device: str = _opt("auto", "auto | cpu | cuda", choices=DEVICES)
     precision: str = _opt("fp32", "fp32 | bf16 | fp16 autocast", choices=PRECISIONS)
     eval_fanouts: tuple[int, ...] | None = _opt(None, "fan-outs for evaluation (default: the training ones)")
     eval_batch_size: int | None = _opt(None, "seed nodes per evaluation batch (default: batch size)")
-    eval_every: int = _opt(1, "evaluate on valid and test every N epochs")
+    eval_every: int = _opt(1, "evaluate on valid and test every N epochs and after the last (0: never)")
     patience: int | None = _opt(None, "stop after N evaluations without a better validation accuracy")
     checkpoint_every: int | None = _opt(None, "also checkpoint every N steps inside an epoch")
     prefetch: int = _opt(4, "batches in flight per pipeline stage (capped by the memory budget)")
@@ -98,10 +100,13 @@ class TrainConfig:
     def check(self) -> None:
         if not self.dataset:
             raise ConfigError("dataset: required (gnn-ooc train DATASET or dataset: in the config file)")
-        for name in ("batch_size", "epochs", "hidden", "heads", "segment_batches", "keep_epochs", "eval_every",
-                     "prefetch"):
+        for name in ("batch_size", "epochs", "hidden", "heads", "keep_epochs", "prefetch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: {getattr(self, name)}, expected >= 1")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every: {self.eval_every}, expected >= 0 (0: never evaluate)")
+        if self.segment_batches < 0:
+            raise ConfigError(f"segment_batches: {self.segment_batches}, expected >= 0 (0: fitted to the budget)")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout: {self.dropout}, expected 0 <= dropout < 1")
         if not self.fanouts or any(f == 0 or f < -1 for f in self.fanouts):

@@ -226,7 +226,8 @@ class Trainer:
             "overlap": self._epoch_time / sum(secs.values()) if secs else 1.0,
             **{f"{k}_s": v for k, v in secs.items()},
         }
-        if (epoch + 1) % self.settings.eval_every == 0 or epoch + 1 == self.settings.epochs:
+        every = self.settings.eval_every
+        if every and ((epoch + 1) % every == 0 or epoch + 1 == self.settings.epochs):
             record.update(self._evaluate_all(epoch))
         return record
 

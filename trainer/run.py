@@ -7,8 +7,9 @@ and continues exactly where it stopped.
 
 Memory: ``memory_budget`` is split once here. The caches take what ``CacheBudgets`` derives
 (without CUDA an eighth as "device" cache and a quarter as pinned cache), planning and packing
-in the background process a quarter, and batches in flight (queues and two segment buffers)
-the last eighth, which caps the pipeline depth.
+in the background process a quarter, batches in flight in the queues an eighth (which caps the
+pipeline depth), and the two segment buffers a quarter: ``segment_batches: 0`` (the default)
+packs as many batches per segment as one buffer holds.
 
 Example:
     >>> summary = train(TrainConfig.resolve({"dataset": "demo/dataset", "epochs": 2}))  # doctest: +SKIP
@@ -17,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import random
@@ -29,13 +31,14 @@ import torch
 
 from gnn_ooc.capabilities import cuda_available
 from gnn_ooc.graphstore.atomic import atomic_write_bytes
+from gnn_ooc.graphstore.base import FeatureStore
 from gnn_ooc.graphstore.cache import RowCache
 from gnn_ooc.graphstore.dataset import Dataset
 from gnn_ooc.graphstore.direct import DirectStore
 from gnn_ooc.graphstore.online_cache import SieveCache
-from gnn_ooc.graphstore.pack import PackedEpoch, PackSpec, pack_epoch
+from gnn_ooc.graphstore.pack import PackedEpoch, PackSpec, fit_segment_batches, pack_epoch
 from gnn_ooc.graphstore.placement import place_by_hotness, rows_for_budget
-from gnn_ooc.graphstore.stores import MemoryStore, torch_dtype
+from gnn_ooc.graphstore.stores import MemoryStore, MmapStore, torch_dtype
 from gnn_ooc.graphstore.tiered import TieredStore
 from gnn_ooc.graphstore.tiering import (
     CacheBudgets,
@@ -54,6 +57,7 @@ from gnn_ooc.trainer.models import make_model
 from gnn_ooc.trainer.sources import BatchSource, OfflineSource, SampledSource
 
 Say = Callable[[str], None]
+BACKGROUND_NICE = 10  # planning ahead gets the CPU training leaves idle, not the cores it is using
 RESUMABLE = ("epochs", "progress", "max_steps", "threads", "patience", "checkpoint_every")
 
 
@@ -142,6 +146,7 @@ def _has_yaml() -> bool:
 
 
 def _fit(cfg: TrainConfig, run: Path, state: dict[str, Any] | None, say: Say, rank: int, world: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
     _seed_everything(cfg.seed, cfg.threads)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world > 1:
@@ -163,6 +168,7 @@ def _fit(cfg: TrainConfig, run: Path, state: dict[str, Any] | None, say: Say, ra
         say(f"resuming {run} at epoch {trainer.state.epoch}, batch {trainer.state.position} (step {trainer.state.step})")
     say(f"training {cfg.model} on {ds.path} in {mode} mode on {device}: {len(train_src.local_batches(first_epoch))} "
         f"batches per epoch{f' per rank ({world} ranks)' if world > 1 else ''}, pipeline depth {depth}; run {run}")
+    setup = time.perf_counter() - t0  # features loaded (memory) or the first epoch planned and packed (offline)
     try:
         trainer.fit()
     finally:
@@ -170,10 +176,21 @@ def _fit(cfg: TrainConfig, run: Path, state: dict[str, Any] | None, say: Say, ra
         for src in evals.values():
             if src is not train_src:
                 src.close()
-    summary = _summary(cfg, mode, trainer)
+    summary = {**_summary(cfg, mode, trainer), "setup_seconds": setup, "kernel_read_bytes": _kernel_read_bytes()}
     if rank == 0:
         atomic_write_bytes(run / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary
+
+
+def _kernel_read_bytes() -> int | None:
+    """Bytes the kernel read from disk for this process (``/proc/self/io``: page faults of memory
+    maps included, the background planner's reads not); None where there is no such file."""
+    try:
+        text = Path("/proc/self/io").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(": ") for line in text.splitlines() if ": " in line)
+    return int(fields["read_bytes"]) if "read_bytes" in fields else None
 
 
 def _seed_everything(seed: int, threads: int | None) -> None:
@@ -213,7 +230,7 @@ def build_sources(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, first_epo
         train_src: BatchSource = offline
         store: Any = offline.store
     else:
-        store = MemoryStore(np.array(ds.features)) if mode == "memory" else _online_store(cfg, ds)
+        store = _sampled_store(cfg, ds, mode)
         train_src = SampledSource(ds.split("train"), labels, sampler, store, batch_size=cfg.batch_size,
                                   seed=cfg.seed, mode=mode, rank=rank, world=world)
     eval_sampler = NeighborSampler(ds, list(cfg.eval_fanouts or cfg.fanouts))
@@ -224,6 +241,14 @@ def build_sources(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, first_epo
                                          batch_size=cfg.eval_batch_size or cfg.batch_size, seed=cfg.seed + 1,
                                          mode="eval")
     return train_src, evals
+
+
+def _sampled_store(cfg: TrainConfig, ds: Dataset, mode: str) -> FeatureStore:
+    if mode == "memory":
+        return MemoryStore.of(ds)
+    if mode == "mmap":
+        return MmapStore.of(ds)
+    return _online_store(cfg, ds)
 
 
 def _online_store(cfg: TrainConfig, ds: Dataset) -> TieredStore:
@@ -245,20 +270,26 @@ class OfflineEpochs:
     (planned and packed while the previous epoch trains), at most ``keep_epochs`` on disk."""
 
     def __init__(self, ds: Dataset, sampler: NeighborSampler, plan_spec: PlanSpec, pack_spec: PackSpec,
-                 placement: Callable[[Any], Placement], epochs: range, keep_epochs: int, say: Say) -> None:
-        self.pack_spec = pack_spec
+                 placement: Callable[[Any], Placement], epochs: range, keep_epochs: int, say: Say,
+                 segment_limit: int = 0) -> None:
         planner = Planner(ds, sampler, plan_spec, progress=say)
         self.first = epochs.start
         planner.plan_epoch(self.first)
         self.plan = planner.plan
+        if pack_spec.segment_batches == 0:  # auto: as many batches as one segment buffer holds
+            fitted = fit_segment_batches(self.plan.epoch(self.first), ds.feature_row_bytes, segment_limit)
+            pack_spec = dataclasses.replace(pack_spec, segment_batches=fitted)
+            say(f"packing {fitted} batches per segment (two segment buffers of {segment_limit >> 20} MiB)")
+        self.pack_spec = pack_spec
         self.placement = placement(self.plan)
         features = ds.path / ds.manifest.files["features"].name
-        pack_epoch(self.plan, self.first, self.placement.cached, features, pack_spec, progress=say)
+        pack_epoch(self.plan, self.first, self.placement.cached, features, self.pack_spec, progress=say)
         rest = list(epochs)[1:]
         self.background: BackgroundPlanner | None = None
         if rest:
             self.background = BackgroundPlanner(ds, sampler, plan_spec, rest, keep_epochs=max(1, keep_epochs - 1),
-                                                pack=(pack_spec, self.placement.cached)).__enter__()
+                                                pack=(self.pack_spec, self.placement.cached),
+                                                nice=BACKGROUND_NICE).__enter__()
 
     def wait(self, epoch: int) -> Any:
         if epoch == self.first:
@@ -305,7 +336,7 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, run: Path,
         return place_from_counts(np.asarray(counts), row_bytes, budgets, cuda_available())
 
     epochs = OfflineEpochs(ds, sampler, plan_spec, pack_spec, placement, range(first_epoch, cfg.epochs),
-                           cfg.keep_epochs, say)
+                           cfg.keep_epochs, say, segment_limit=cfg.memory_budget // 8)
     store = build_tiered_store(ds, epochs.placement)
     return OfflineSource(epochs, epochs.packed, labels, store, rank=rank, world=world, sampler=sampler,
                          on_close=epochs.close)

@@ -182,3 +182,20 @@ def test_placement_by_hotness() -> None:
     assert np.array_equal(np.sort(np.concatenate(tiers)), np.sort(want))
     assert np.array_equal(tiers[0], np.sort(want[:100])) and counts[tiers[0]].min() >= counts[tiers[1]].max()
     assert [t.size for t in place_by_hotness(np.array([0, 0, 3]), [2, 2])] == [1, 0]  # never-used nodes stay out
+
+
+def test_disk_rows_through_a_host_cache_count_once(features: tuple[np.ndarray, Path]) -> None:
+    """Tiered over SIEVE over disk (online mode): rows read from disk are known, so the read
+    amplification is a number, and a repeated missing id is read once."""
+    from gnn_ooc.graphstore.online_cache import SieveCache
+
+    x, path = features
+    backing = DirectStore(path, torch.float32)
+    store = TieredStore([RowCache.filled("device", np.arange(0, N, 7), backing)],
+                        SieveCache(64, D, torch.float32, backing))
+    ids = np.array([1, 2, 2, 3, 7, 3])  # 7 is in the device cache; 1, 2, 3 miss, 2 and 3 twice
+    assert np.array_equal(store.gather(ids).numpy(), x[ids])
+    st = store.stats
+    assert st.rows == 6 and st.hits == {"device": 1, "host": 5}
+    assert st.disk_rows == 3 and st.disk_bytes_read > 0
+    assert st.read_amplification == st.disk_bytes_read / (3 * D * 4)

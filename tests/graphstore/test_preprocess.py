@@ -105,6 +105,10 @@ def test_half_precision_features(tmp_path: Path, rng: np.random.Generator, dtype
     t = ds.features_torch()
     assert str(t.dtype) == f"torch.{dtype}" and tuple(t.shape) == (50, 8)
     np.testing.assert_allclose(t.float().numpy(), feats, rtol=1e-2, atol=1e-2)
+    from gnn_ooc.graphstore.stores import MemoryStore
+
+    loaded = MemoryStore.of(ds)  # --mode memory: read into RAM, the stored dtype kept
+    assert loaded.dtype == t.dtype and loaded.gather([3, 0]).float().equal(t[[3, 0]].float())
 
 
 def test_parquet_and_csv_features(tmp_path: Path, rng: np.random.Generator) -> None:

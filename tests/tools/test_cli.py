@@ -39,6 +39,19 @@ def test_preprocess_info_verify(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "labels.npy: checksum" in capsys.readouterr().err
 
 
+def test_split_flag_replaces_the_layouts_split_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = write_raw(tmp_path / "raw", np.arange(8), (np.arange(8) + 1) % 8, labels=np.zeros(8, np.int64),
+                    splits={"train": np.array([0]), "valid": np.array([1]), "test": np.array([2])})
+    out = tmp_path / "ds"
+    assert main(["preprocess", str(raw), "-o", str(out), "--split", "0.5,0.25,0.25"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["splits"] == {"train": 4, "valid": 2, "test": 2}
+    assert main(["preprocess", str(raw), "-o", str(out), "--force", "--split", "0.5,0.25,0.25",
+                 "--split-dir", str(raw / "split")]) == 2  # a usage error
+    assert "exclude each other" in capsys.readouterr().err
+
+
 def test_bad_input_exit_code_and_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     raw = write_raw(tmp_path / "raw", np.array([0, -5]), np.array([1, 1]))
     assert main(["preprocess", str(raw), "-o", str(tmp_path / "ds")]) == 1

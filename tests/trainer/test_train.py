@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gnn_ooc.graphstore.base import MemoryBudgetError
 from gnn_ooc.trainer.config import ConfigError, TrainConfig
 from gnn_ooc.trainer.pipeline import PipelineError
 from gnn_ooc.trainer.run import resume, train
@@ -49,12 +50,12 @@ def test_loss_decreases_and_summary(dataset: Path, tmp_path: Path) -> None:
     assert len(saved["epoch_seconds"]) == 4 and (tmp_path / "run" / "metrics" / "epochs.csv").is_file()
 
 
-def test_offline_and_online_train_on_the_same_batches_as_memory(dataset: Path, tmp_path: Path) -> None:
-    runs = {m: tmp_path / m for m in ("memory", "offline", "online")}
+def test_offline_online_and_mmap_train_on_the_same_batches_as_memory(dataset: Path, tmp_path: Path) -> None:
+    runs = {m: tmp_path / m for m in ("memory", "offline", "online", "mmap")}
     small = {"gpu_cache": "4K", "cpu_cache": "4K"}  # most rows from packed segments and disk
     summaries = {m: train(config(dataset, run, mode=m, **small), say=quiet) for m, run in runs.items()}
     ref = steps(runs["memory"])
-    for m in ("offline", "online"):
+    for m in ("offline", "online", "mmap"):
         got = steps(runs[m])
         assert [r["batch"] for r in got] == [r["batch"] for r in ref]
         assert np.allclose([r["loss"] for r in got], [r["loss"] for r in ref], atol=1e-5)
@@ -64,6 +65,25 @@ def test_offline_and_online_train_on_the_same_batches_as_memory(dataset: Path, t
     assert 0 < off["read_amplification"] < 1.1  # eval's random reads are counted apart
     assert off["eval_store"]["rows"] > 0
     assert not list((dataset / "plans").glob("run-*/epoch-*"))  # every epoch released at the end
+    on = summaries["online"]
+    assert on["store"]["disk_rows"] > 0 and on["read_amplification"] >= 1.0  # misses through SIEVE counted
+    assert summaries["memory"]["setup_seconds"] > 0 and summaries["mmap"]["hit_rates"] == {"mmap": 1.0}
+
+
+def test_segments_fitted_to_the_budget_and_no_evaluation(dataset: Path, tmp_path: Path) -> None:
+    """``segment_batches: 0`` packs as many batches per segment as a buffer (an eighth of the budget)
+    holds; ``eval_every: 0`` never evaluates."""
+    said: list[str] = []
+    budget = 8 << 20
+    summary = train(config(dataset, tmp_path / "run", mode="offline", segment_batches=0, memory_budget=budget,
+                           eval_every=0, epochs=1), say=said.append)
+    fitted = [m for m in said if "batches per segment" in m]
+    assert fitted and summary["best_epoch"] == -1 and "valid_acc" not in summary["epochs"][0]
+    per_segment = int(fitted[0].split()[1])
+    assert 1 < per_segment < 64  # 1 MiB buffers: several batches of this graph, not all of them
+    with pytest.raises(MemoryBudgetError, match="segment buffer"):
+        train(config(dataset, tmp_path / "tiny", mode="offline", segment_batches=0, memory_budget=16 << 10,
+                     epochs=1), say=quiet)
 
 
 @pytest.mark.parametrize("mode", ["memory", "offline"])
