@@ -226,6 +226,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     """Epoch time per way (log scale) and each way's stage seconds, side by side."""
     try:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -237,6 +238,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ways = list(runs)
     left.barh(ways, [runs[w]["epoch_s"] for w in ways], color=["#4c72b0", "#c44e52", "#dd8452", "#55a868"][: len(ways)])
     left.set_xscale("log")
+    left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a log axis
+    left.set_xlim(right=max(runs[w]["epoch_s"] for w in ways) * 3)
     left.set_xlabel("epoch seconds (log)")
     left.invert_yaxis()
     for i, w in enumerate(ways):

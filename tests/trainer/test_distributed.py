@@ -217,6 +217,23 @@ def test_two_gloo_processes_agree_with_averaged_gradients(dataset: Path, tmp_pat
     assert "holds a run already" in again[1].stderr + again[1].stdout
 
 
+def test_two_gloo_processes_resume_mid_epoch(dataset: Path, tmp_path: Path) -> None:
+    """Stopped after 3 of 8 steps (mid-epoch 0, offline), then ``--resume``d by both ranks: the
+    steps and losses equal an uninterrupted 2-process run. (Dropout is 0 here: every rank resumes
+    with rank 0's saved random states, which differ from its own when dropout draws differ.)"""
+    full, part = tmp_path / "full", tmp_path / "part"
+    for r in launch(dataset, [str(dataset), "--out", str(full), *FLAGS]):
+        assert r.returncode == 0, r.stderr[-3000:]
+    for r in launch(dataset, [str(dataset), "--out", str(part), *FLAGS, "--max-steps", "3"]):
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert len(steps(part)) == 3
+    for r in launch(dataset, ["--resume", str(part), "--max-steps", "1000"]):
+        assert r.returncode == 0, r.stderr[-3000:]
+    a, b = steps(full), steps(part)
+    assert [r["step"] for r in b] == list(range(1, 9)) and [r["batch"] for r in b] == [r["batch"] for r in a]
+    assert np.allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=0, atol=1e-6)
+
+
 def test_gpu_per_local_rank() -> None:
     assert [gpu_for(r, 4) for r in range(4)] == [0, 1, 2, 3] and gpu_for(2, 1) == 0
     with pytest.raises(ConfigError, match="sees 2 GPUs"):
