@@ -265,6 +265,7 @@ class Trainer:
             correct += int((out.argmax(1).cpu() == batch.y).sum())
             total += batch.num_seeds
             batch.release()
+        source.end_epoch(0)  # an offline evaluation source gives its segment buffers back
         model.train(was_training)
         return correct / total if total else float("nan")
 

@@ -236,7 +236,11 @@ def build_sources(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, first_epo
     eval_sampler = NeighborSampler(ds, list(cfg.eval_fanouts or cfg.fanouts))
     evals: dict[str, BatchSource] = {}
     for split in ("valid", "test"):
-        if ds.has(f"split/{split}") and ds.split(split).size:
+        if not (ds.has(f"split/{split}") and ds.split(split).size):
+            continue
+        if mode == "offline" and cfg.eval_every:
+            evals[split] = _offline_eval(cfg, ds, eval_sampler, split, train_src, labels, say)
+        else:
             evals[split] = SampledSource(ds.split(split), labels, eval_sampler, store,
                                          batch_size=cfg.eval_batch_size or cfg.batch_size, seed=cfg.seed + 1,
                                          mode="eval")
@@ -340,6 +344,49 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, run: Path,
     store = build_tiered_store(ds, epochs.placement)
     return OfflineSource(epochs, epochs.packed, labels, store, rank=rank, world=world, sampler=sampler,
                          on_close=epochs.close)
+
+
+class FixedEpoch:
+    """Epoch 0 of a plan for every evaluation: the evaluation batches never change (epoch 0's order,
+    a fixed sampling key), so they are planned and packed once and read sequentially each time."""
+
+    def __init__(self, plan: Any, pack_name: str) -> None:
+        self.plan, self.pack_name = plan, pack_name
+
+    def wait(self, epoch: int) -> Any:
+        return self.plan.epoch(0)
+
+    def release(self, epoch: int) -> None:
+        pass  # kept for the next evaluation
+
+    def packed(self, epoch: int) -> PackedEpoch:
+        return PackedEpoch(self.plan, 0, self.pack_name)
+
+    def remove(self) -> None:
+        from gnn_ooc.graphstore.atomic import remove_dir
+
+        remove_dir(self.plan.path, self.plan.path.parent)
+
+
+def _offline_eval(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, split: str, train_src: Any,
+                  labels: np.ndarray, say: Say) -> OfflineSource:
+    """``split``'s evaluation batches (the ones ``SampledSource`` would sample: seed + 1, epoch 0),
+    planned and packed once beside the training plan, over the training caches."""
+    epochs: OfflineEpochs = train_src.epochs
+    spec = PlanSpec(name=f"{epochs.plan.path.name}-{split}", split=split, batch_size=cfg.eval_batch_size or cfg.batch_size,
+                    seed=cfg.seed + 1, threads=cfg.threads, memory_budget=max(64 << 20, cfg.memory_budget // 4))
+    planner = Planner(ds, sampler, spec, progress=say)
+    planner.plan_epoch(0)
+    features = ds.path / ds.manifest.files["features"].name
+    pack_spec = epochs.pack_spec
+    if cfg.segment_batches == 0:
+        fitted = fit_segment_batches(planner.plan.epoch(0), ds.feature_row_bytes, cfg.memory_budget // 8)
+        pack_spec = dataclasses.replace(pack_spec, segment_batches=fitted)
+    pack_epoch(planner.plan, 0, epochs.placement.cached, features, pack_spec, progress=say)
+    fixed = FixedEpoch(planner.plan, pack_spec.name)
+    # the buffers go back after each evaluation: training holds its own two meanwhile
+    return OfflineSource(fixed, fixed.packed, labels, train_src.store, sampler=sampler, on_close=fixed.remove,
+                         hold_buffers=False)
 
 
 def _pack_budget(cfg: TrainConfig, ds: Dataset) -> int | None:

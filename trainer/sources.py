@@ -206,9 +206,10 @@ class OfflineSource(BatchSource):
 
     def __init__(self, epochs: Any, packed: Callable[[int], Any], labels: np.ndarray, store: FeatureStore, *,
                  rank: int = 0, world: int = 1, sampler: Sampler | None = None,
-                 on_close: Callable[[], None] | None = None) -> None:
+                 on_close: Callable[[], None] | None = None, hold_buffers: bool = True) -> None:
         super().__init__(labels, rank=rank, world=world, sampler=sampler)
         self._on_close = on_close
+        self._hold_buffers = hold_buffers  # False: the two segment buffers are freed at each epoch's end
         self.epochs, self.packed_of, self.store = epochs, packed, store
         self._plan: Any = None
         self._packed: Any = None
@@ -218,6 +219,8 @@ class OfflineSource(BatchSource):
         self.segment_reads = 0
 
     def begin_epoch(self, epoch: int) -> None:
+        if self._packed is not None:  # an epoch begun again without end_epoch (an evaluation tool)
+            self._packed.close()
         self._plan = self.epochs.wait(epoch)
         self._packed = self.packed_of(epoch)
         if self._packed is not None and self._packed.buffer_bytes() > self._pool_bytes:
@@ -229,6 +232,8 @@ class OfflineSource(BatchSource):
         if self._packed is not None:
             self._packed.close()
         self._plan = self._packed = None
+        if not self._hold_buffers:
+            self._pool, self._pool_bytes = None, 0
         self.epochs.release(epoch)
 
     def num_batches(self, epoch: int) -> int:

@@ -64,6 +64,10 @@ def test_offline_online_and_mmap_train_on_the_same_batches_as_memory(dataset: Pa
     assert off["hit_rates"].get("packed", 0) > 0 and off["store"]["segment_reads"] > 0
     assert 0 < off["read_amplification"] < 1.1  # eval's random reads are counted apart
     assert off["eval_store"]["rows"] > 0
+    # evaluation batches planned and packed once: read sequentially like training's
+    assert off["eval_store"]["hits"].get("packed", 0) > 0 and off["eval_store"]["read_amplification"] < 1.1
+    assert [e["valid_acc"] for e in off["epochs"]] == pytest.approx(
+        [e["valid_acc"] for e in summaries["memory"]["epochs"]], abs=0.01)
     assert not list((dataset / "plans").glob("run-*/epoch-*"))  # every epoch released at the end
     on = summaries["online"]
     assert on["store"]["disk_rows"] > 0 and on["read_amplification"] >= 1.0  # misses through SIEVE counted
