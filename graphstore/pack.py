@@ -181,23 +181,38 @@ class _FeatureFile:
         self.bytes_read = 0
 
     def chunks(self, chunk_bytes: int) -> Any:
-        """Yield (first row, rows, bytes of those rows) covering the file in order."""
+        """Yield (first row, rows, bytes of those rows) covering the file in order.
+
+        The next chunk is read by a helper thread while the caller scatters this one (two
+        buffers): reading the file is a third of a pack's time, and the CPU work hides it.
+        """
         rows_per = max(1, chunk_bytes // self.row_bytes)
-        # page-aligned (anonymous map) for O_DIRECT; freed with its last view, not closed, since
+        # page-aligned (anonymous maps) for O_DIRECT; freed with their last views, not closed, since
         # the caller may still hold the last chunk
-        buf = mmap.mmap(-1, _round_up(rows_per * self.row_bytes + 2 * PAGE))
+        size = _round_up(rows_per * self.row_bytes + 2 * PAGE)
+        bufs = [mmap.mmap(-1, size), mmap.mmap(-1, size)]
+        starts = list(range(0, self.rows, rows_per))
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(self._read_chunk, bufs[0], starts[0], rows_per) if starts else None
+            for i in range(len(starts)):
+                assert pending is not None
+                chunk = pending.result()
+                if i + 1 < len(starts):  # the other buffer: the caller is done with it
+                    pending = pool.submit(self._read_chunk, bufs[(i + 1) % 2], starts[i + 1], rows_per)
+                yield chunk
+
+    def _read_chunk(self, buf: mmap.mmap, r0: int, rows_per: int) -> tuple[int, int, np.ndarray]:
+        r1 = min(self.rows, r0 + rows_per)
+        start = self.offset + r0 * self.row_bytes
+        lo = start // PAGE * PAGE
+        n = _round_up(self.offset + r1 * self.row_bytes - lo)
+        got = os.preadv(self.fd, [memoryview(buf)[:n]], lo)
+        if got < start - lo + (r1 - r0) * self.row_bytes:
+            raise ChecksumError(self.path, f"read {got} B at byte {lo}, the rows need "
+                                           f"{start - lo + (r1 - r0) * self.row_bytes} B (truncated?)")
+        self.bytes_read += got
         view = np.frombuffer(buf, np.uint8)
-        for r0 in range(0, self.rows, rows_per):
-            r1 = min(self.rows, r0 + rows_per)
-            start = self.offset + r0 * self.row_bytes
-            lo = start // PAGE * PAGE
-            n = _round_up(self.offset + r1 * self.row_bytes - lo)
-            got = os.preadv(self.fd, [memoryview(buf)[:n]], lo)
-            if got < start - lo + (r1 - r0) * self.row_bytes:
-                raise ChecksumError(self.path, f"read {got} B at byte {lo}, the rows need "
-                                               f"{start - lo + (r1 - r0) * self.row_bytes} B (truncated?)")
-            self.bytes_read += got
-            yield r0, r1, view[start - lo : start - lo + (r1 - r0) * self.row_bytes]
+        return r0, r1, view[start - lo : start - lo + (r1 - r0) * self.row_bytes]
 
     def close(self) -> None:
         os.close(self.fd)

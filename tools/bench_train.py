@@ -59,7 +59,7 @@ MEASURED = {"memory": 1, "offline": 1}  # offline's steady state: waits for its 
 EVALUATES = ("memory", "offline")
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "gnn-ooc-bench-train"
 MEMCAP = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "memcap.sh"
-STAGE_ORDER = ("plan", "sample", "gather", "read", "assemble", "compute")
+STAGE_ORDER = ("wait", "plan", "sample", "gather", "read", "assemble", "compute")
 
 
 def say(msg: str) -> None:

@@ -135,9 +135,10 @@ class Trainer:
 
     def _epoch(self, epoch: int) -> bool:
         """Train the rest of ``epoch``; False when ``max_steps`` stopped it early."""
-        self.train.begin_epoch(epoch)
         self.timers.reset()
         t0 = time.perf_counter()
+        with self.timers.time("wait"):  # offline: the epoch's plan and pack, if the background is late
+            self.train.begin_epoch(epoch)
         source, stages = self.train.stages(epoch, self.state.position)
         total = len(self.train.local_batches(epoch))
         self.model.train()
