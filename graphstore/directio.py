@@ -147,3 +147,22 @@ def write_all(write: Callable[[memoryview], int], data: memoryview) -> None:
     """Call ``write`` (``os.write`` on a descriptor, a raw file's ``write``) until all bytes are down."""
     while len(data):
         data = data[write(data) :]
+
+
+def process_read_bytes() -> int | None:
+    """Bytes the kernel read from disk for this process so far (``/proc/self/io`` ``read_bytes``:
+    memory-map page faults included, other processes' reads not); None where there is no such file.
+
+    Example:
+        >>> n = process_read_bytes()
+        >>> n is None or n >= 0
+        True
+    """
+    try:
+        text = Path("/proc/self/io").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split(":")[1])
+    return None

@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from gnn_ooc.tools.bench_preprocess import emit
 
 DEFAULT_FILE = Path(tempfile.gettempdir()) / "gnn-ooc-bench-direct-io" / "features.npy"
 BACKENDS = ("threads", "io_uring")
@@ -112,9 +113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report = measure(args)
-    print(table(report), file=sys.stderr if args.json else sys.stdout)
-    if args.json:
-        print(json.dumps(report, indent=2))
+    emit(table(report), report, args.json)
     return 0
 
 

@@ -60,7 +60,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gnn_ooc.graphstore.dataset import Dataset
-from gnn_ooc.tools.bench_preprocess import drop_caches, read_once
+from gnn_ooc.tools.bench_preprocess import drop_caches, emit, read_once
 from gnn_ooc.tools.bench_sampler import SplitView, remove_plan, run_group
 from gnn_ooc.tools.units import parse_size
 
@@ -192,13 +192,10 @@ def run_child(args: argparse.Namespace, stage: str) -> dict[str, Any]:
 
 # --- inside a child ------------------------------------------------------------------------------------
 def proc_read_bytes() -> int:
-    """Bytes this process made the block layer read so far (``/proc/self/io``; 0 where absent)."""
-    try:
-        text = Path("/proc/self/io").read_text()
-    except OSError:
-        return 0
-    m = re.search(r"^read_bytes:\s*(\d+)", text, re.M)
-    return int(m.group(1)) if m else 0
+    """Bytes this process made the block layer read so far (0 where the kernel does not say)."""
+    from gnn_ooc.graphstore.directio import process_read_bytes
+
+    return process_read_bytes() or 0
 
 
 def rss_bytes() -> int:
@@ -695,9 +692,7 @@ def main(argv: list[str] | None = None) -> int:
             remove_plan(args.work / "dataset" / "plans" / PLAN_NAME)
     report["packing_model"] = packing_model(report)
     report["goals"] = goals(report)
-    print(table(report), file=sys.stderr if args.json else sys.stdout)
-    if args.json:
-        print(json.dumps(report, indent=2))
+    emit(table(report), report, args.json)
     return 0
 
 

@@ -38,6 +38,13 @@ from gnn_ooc.tools.units import format_size, parse_size
 _BLOCK = 8 << 20
 
 
+def emit(table: str, report: dict[str, Any], as_json: bool) -> None:
+    """A benchmark's report: the table on stdout, or with ``--json`` the JSON on stdout and the table on stderr."""
+    print(table, file=sys.stderr if as_json else sys.stdout)
+    if as_json:
+        print(json.dumps(report, indent=2))
+
+
 def drop_caches() -> bool:
     """Flush dirty pages and drop the page cache; False when not permitted (not root)."""
     os.sync()

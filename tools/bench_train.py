@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gnn_ooc.tools.bench_preprocess import drop_caches
+from gnn_ooc.tools.bench_preprocess import drop_caches, emit
 from gnn_ooc.tools.units import parse_size
 
 GOAL_VS_MEMORY = 1.2
@@ -301,9 +301,7 @@ def main(argv: list[str] | None = None) -> int:
               "setup": {"cap": args.cap, "file_over_cap": over, "budget": args.budget, "hidden": args.hidden,
                         "fanouts": args.fanouts, "batch_size": args.batch_size, "threads": args.threads}}
     report["goals"] = goals(runs)
-    print(table(report), file=sys.stderr if args.json else sys.stdout)
-    if args.json:
-        print(json.dumps(report, indent=2))
+    emit(table(report), report, args.json)
     plot(report, args.plot)
     return 0 if all(not r["exit"] for r in runs.values()) else 1
 

@@ -35,6 +35,7 @@ from gnn_ooc.graphstore.base import FeatureStore
 from gnn_ooc.graphstore.cache import RowCache
 from gnn_ooc.graphstore.dataset import Dataset
 from gnn_ooc.graphstore.direct import DirectStore
+from gnn_ooc.graphstore.directio import process_read_bytes
 from gnn_ooc.graphstore.online_cache import SieveCache
 from gnn_ooc.graphstore.pack import PackedEpoch, PackSpec, fit_segment_batches, pack_epoch
 from gnn_ooc.graphstore.placement import place_by_hotness, rows_for_budget
@@ -176,21 +177,10 @@ def _fit(cfg: TrainConfig, run: Path, state: dict[str, Any] | None, say: Say, ra
         for src in evals.values():
             if src is not train_src:
                 src.close()
-    summary = {**_summary(cfg, mode, trainer), "setup_seconds": setup, "kernel_read_bytes": _kernel_read_bytes()}
+    summary = {**_summary(cfg, mode, trainer), "setup_seconds": setup, "kernel_read_bytes": process_read_bytes()}
     if rank == 0:
         atomic_write_bytes(run / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary
-
-
-def _kernel_read_bytes() -> int | None:
-    """Bytes the kernel read from disk for this process (``/proc/self/io``: page faults of memory
-    maps included, the background planner's reads not); None where there is no such file."""
-    try:
-        text = Path("/proc/self/io").read_text()
-    except OSError:
-        return None
-    fields = dict(line.split(": ") for line in text.splitlines() if ": " in line)
-    return int(fields["read_bytes"]) if "read_bytes" in fields else None
 
 
 def _seed_everything(seed: int, threads: int | None) -> None:
@@ -280,11 +270,10 @@ class OfflineEpochs:
         self.first = epochs.start
         planner.plan_epoch(self.first)
         self.plan = planner.plan
-        if pack_spec.segment_batches == 0:  # auto: as many batches as one segment buffer holds
-            fitted = fit_segment_batches(self.plan.epoch(self.first), ds.feature_row_bytes, segment_limit)
-            pack_spec = dataclasses.replace(pack_spec, segment_batches=fitted)
-            say(f"packing {fitted} batches per segment (two segment buffers of {segment_limit >> 20} MiB)")
-        self.pack_spec = pack_spec
+        self.pack_spec = _fit_segments(pack_spec, self.plan.epoch(self.first), ds.feature_row_bytes, segment_limit)
+        if pack_spec.segment_batches == 0:
+            say(f"packing {self.pack_spec.segment_batches} batches per segment (two segment buffers of "
+                f"{segment_limit >> 20} MiB)")
         self.placement = placement(self.plan)
         features = ds.path / ds.manifest.files["features"].name
         pack_epoch(self.plan, self.first, self.placement.cached, features, self.pack_spec, progress=say)
@@ -329,8 +318,8 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, run: Path,
         # when each node keeps the dataset on its own local disk
         plan_name += f"-rank{rank}"
     plan_spec = PlanSpec(name=plan_name, batch_size=cfg.batch_size, seed=cfg.seed,
-                         threads=cfg.threads, memory_budget=max(64 << 20, cfg.memory_budget // 4))
-    pack_spec = PackSpec(segment_batches=cfg.segment_batches, memory_budget=max(64 << 20, cfg.memory_budget // 4),
+                         threads=cfg.threads, memory_budget=_planning_budget(cfg))
+    pack_spec = PackSpec(segment_batches=cfg.segment_batches, memory_budget=_planning_budget(cfg),
                          pack_budget=_pack_budget(cfg, ds))
     row_bytes = ds.feature_row_bytes
     budgets = CacheBudgets(cfg.gpu_cache, cfg.cpu_cache, cfg.memory_budget)
@@ -340,7 +329,7 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, run: Path,
         return place_from_counts(np.asarray(counts), row_bytes, budgets, cuda_available())
 
     epochs = OfflineEpochs(ds, sampler, plan_spec, pack_spec, placement, range(first_epoch, cfg.epochs),
-                           cfg.keep_epochs, say, segment_limit=cfg.memory_budget // 8)
+                           cfg.keep_epochs, say, segment_limit=_segment_limit(cfg))
     store = build_tiered_store(ds, epochs.placement)
     return OfflineSource(epochs, epochs.packed, labels, store, rank=rank, world=world, sampler=sampler,
                          on_close=epochs.close)
@@ -374,19 +363,35 @@ def _offline_eval(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, split
     planned and packed once beside the training plan, over the training caches."""
     epochs: OfflineEpochs = train_src.epochs
     spec = PlanSpec(name=f"{epochs.plan.path.name}-{split}", split=split, batch_size=cfg.eval_batch_size or cfg.batch_size,
-                    seed=cfg.seed + 1, threads=cfg.threads, memory_budget=max(64 << 20, cfg.memory_budget // 4))
+                    seed=cfg.seed + 1, threads=cfg.threads, memory_budget=_planning_budget(cfg))
     planner = Planner(ds, sampler, spec, progress=say)
     planner.plan_epoch(0)
     features = ds.path / ds.manifest.files["features"].name
-    pack_spec = epochs.pack_spec
-    if cfg.segment_batches == 0:
-        fitted = fit_segment_batches(planner.plan.epoch(0), ds.feature_row_bytes, cfg.memory_budget // 8)
-        pack_spec = dataclasses.replace(pack_spec, segment_batches=fitted)
+    # fitted to the evaluation batches (their size may differ from training's)
+    pack_spec = _fit_segments(dataclasses.replace(epochs.pack_spec, segment_batches=cfg.segment_batches),
+                              planner.plan.epoch(0), ds.feature_row_bytes, _segment_limit(cfg))
     pack_epoch(planner.plan, 0, epochs.placement.cached, features, pack_spec, progress=say)
     fixed = FixedEpoch(planner.plan, pack_spec.name)
     # the buffers go back after each evaluation: training holds its own two meanwhile
     return OfflineSource(fixed, fixed.packed, labels, train_src.store, sampler=sampler, on_close=fixed.remove,
                          hold_buffers=False)
+
+
+def _planning_budget(cfg: TrainConfig) -> int:
+    """Planning and packing (in the background process) take a quarter of the budget."""
+    return max(64 << 20, cfg.memory_budget // 4)
+
+
+def _segment_limit(cfg: TrainConfig) -> int:
+    """One of the two segment buffers: an eighth of the budget."""
+    return cfg.memory_budget // 8
+
+
+def _fit_segments(spec: PackSpec, epoch_plan: Any, row_bytes: int, limit: int) -> PackSpec:
+    """``spec``, its ``segment_batches: 0`` (auto) replaced by as many batches as one buffer holds."""
+    if spec.segment_batches:
+        return spec
+    return dataclasses.replace(spec, segment_batches=fit_segment_batches(epoch_plan, row_bytes, limit))
 
 
 def _pack_budget(cfg: TrainConfig, ds: Dataset) -> int | None:
