@@ -44,41 +44,47 @@ def npy_header(dtype: np.dtype, shape: Sequence[int]) -> bytes:
     return _MAGIC + len(body).to_bytes(2, "little") + body
 
 
-def _gf2_times(mat: list[int], vec: int) -> int:
-    total, i = 0, 0
-    while vec:
-        if vec & 1:
-            total ^= mat[i]
-        vec >>= 1
-        i += 1
-    return total
+_CRC_POLY = 0xEDB88320  # CRC-32, bit-reflected: bit 31 holds x^0
 
 
-def _gf2_square(mat: list[int]) -> list[int]:
-    return [_gf2_times(mat, mat[n]) for n in range(32)]
+def _mult_mod_p(a: int, b: int) -> int:
+    """``a * b`` modulo the CRC-32 polynomial (reflected bit order)."""
+    product, bit = 0, 1 << 31
+    while a:
+        if a & bit:
+            product ^= b
+            a ^= bit
+        bit >>= 1
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+    return product
+
+
+def _powers_of_x() -> list[int]:
+    table = [1 << 30]  # x^1; entry k is x^(2^k)
+    for _ in range(31):
+        table.append(_mult_mod_p(table[-1], table[-1]))
+    return table
+
+
+_X_POW_2K = _powers_of_x()
 
 
 def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """CRC-32 of ``a + b`` from ``crc32(a)``, ``crc32(b)`` and ``len(b)`` (zlib's algorithm)."""
+    """CRC-32 of ``a + b`` from ``crc32(a)``, ``crc32(b)`` and ``len(b)``.
+
+    ``crc1`` is shifted over ``len2`` zero bytes (times x^(8 len2), built from the table of
+    x^(2^k)) and added to ``crc2``: about 30 products, 50x fewer steps than squaring a 32x32
+    bit matrix per bit of the length, which mattered at hundreds of runs per pack.
+    """
     if len2 <= 0:
         return crc1
-    odd = [0xEDB88320] + [1 << (n - 1) for n in range(1, 32)]
-    even = _gf2_square(odd)
-    odd = _gf2_square(even)
-    while True:
-        even = _gf2_square(odd)
-        if len2 & 1:
-            crc1 = _gf2_times(even, crc1)
-        len2 >>= 1
-        if not len2:
-            break
-        odd = _gf2_square(even)
-        if len2 & 1:
-            crc1 = _gf2_times(odd, crc1)
-        len2 >>= 1
-        if not len2:
-            break
-    return crc1 ^ crc2
+    shift, k, n = 1 << 31, 3, len2  # x^0; a byte is x^8 = x^(2^3)
+    while n:
+        if n & 1:
+            shift = _mult_mod_p(_X_POW_2K[k & 31], shift)
+        n >>= 1
+        k += 1
+    return _mult_mod_p(shift, crc1) ^ crc2
 
 
 def format_checksum(crc: int) -> str:

@@ -9,8 +9,9 @@ the prefix up to its run's end (``runs`` in ``pack.json``), so a reader may star
 
 Packing streams: one sequential pass over the feature file per group of segments. Rows go by
 in id order, and a run's rows are in id order too, so every run is an append stream at a known
-offset of its segment file; each chunk of the feature file is scattered into the runs it feeds
-with one positional write per run (never one random read per row). Packing thus costs one read
+offset of its segment file; each chunk of the feature file is staged into the runs it feeds and
+whole pages go to disk with O_DIRECT writes (``runstreams``; never one random read per row, no
+page-cache copy of what is written). Packing thus costs one read
 of the feature file per group plus one write of the packed bytes (a group is as many segments
 as half ``memory_budget`` can plan, within ``max_open_segments`` files). ``pack_budget`` caps
 the packed bytes on disk; segments past it are left unpacked (their rows come from the tiered
@@ -33,7 +34,6 @@ Example:
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import mmap
@@ -47,7 +47,6 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from gnn_ooc.capabilities import sync_file_range
 from gnn_ooc.graphstore.atomic import Staging
 from gnn_ooc.graphstore.base import (
     DATA_ALIGNMENT,
@@ -67,12 +66,13 @@ from gnn_ooc.graphstore.npyfile import (
     write_bytes_entry,
 )
 from gnn_ooc.graphstore.rowops import move_rows, put_rows
+from gnn_ooc.graphstore.runstreams import SPARE, RunStreams, slot_bytes
 
 PACK_FORMAT = "gnn-ooc-pack"
 PACK_VERSION = 2  # 2: rows in order of first use (1: id order)
 PAGE = 4096
 CACHED, UNPACKED = -1, -2
-DIRTY_LIMIT = 64 << 20  # written-back bytes between writeback nudges during a pass
+STAGE_LIMIT = 64 << 20  # staging of a pass's writes at most (larger slots buy no speed)
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class PackSpec:
     segment_batches: int = 64
     memory_budget: int = 1 << 30
     pack_budget: int | None = None
-    read_chunk: int = 16 << 20
+    read_chunk: int = 8 << 20
     max_open_segments: int = 256
 
     def identity(self) -> dict[str, Any]:
@@ -222,122 +222,56 @@ def _round_up(n: int) -> int:
     return (n + PAGE - 1) // PAGE * PAGE
 
 
-class _SegmentFile:
-    """A segment file filled by one append stream per run, with positional writes.
-
-    Writes go through the page cache (a run's appends are adjacent, so writeback merges them);
-    ``nudge`` starts their writeback and drops what is already written, which bounds the dirty
-    bytes a pass holds. The CRC-32 of the whole file is combined from each run's running CRC.
-    """
-
-    def __init__(self, path: Path, root: Path, seg: _Segment, feat: _FeatureFile) -> None:
-        self.path, self.root, self.row_bytes = path, root, feat.row_bytes
-        self.shape = (int(seg.ids.size), feat.dim)
-        self.dtype = str(feat.dtype)
-        self.header = npy_header(feat.dtype, self.shape)
-        self.runs = seg.runs
-        self.cursor = seg.runs[:-1].copy()
-        self.crc = [0] * seg.batches
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
-        self._pwrite(self.header, 0)
-
-    def _pwrite(self, data: Any, offset: int) -> None:
-        view = memoryview(data).cast("B")
-        while len(view):
-            n = os.pwrite(self.fd, view, offset)
-            view, offset = view[n:], offset + n
-
-    def append(self, run: int, rows: np.ndarray) -> None:
-        """Append ``rows`` (ascending ids, all first used by batch ``run``) to that run."""
-        at = int(self.cursor[run])
-        if at + rows.shape[0] > self.runs[run + 1]:
-            raise AssertionError(f"{self.path}: run {run} overflows ({at + rows.shape[0]} > {self.runs[run + 1]})")
-        self._pwrite(rows, DATA_ALIGNMENT + at * self.row_bytes)
-        self.crc[run] = zlib.crc32(rows.data.cast("B"), self.crc[run])
-        self.cursor[run] = at + rows.shape[0]
-
-    def nudge(self, sync: bool, durable: bool = False) -> None:
-        """Start writeback and drop written pages; ``sync`` waits for the data first, ``durable``
-        with ``fdatasync`` (metadata too: once, before publishing)."""
-        if sync:
-            _wait_written(self.fd, durable)
-        if hasattr(os, "posix_fadvise"):  # starts writeback of dirty pages, drops clean ones
-            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
-
-    def close(self) -> FileEntry:
-        if not np.array_equal(self.cursor, self.runs[1:]):
-            raise AssertionError(f"{self.path}: runs not filled ({self.cursor.tolist()} of {self.runs[1:].tolist()})")
-        crc = zlib.crc32(self.header)
-        for run, run_crc in enumerate(self.crc):
-            crc = crc32_combine(crc, run_crc, int(self.runs[run + 1] - self.runs[run]) * self.row_bytes)
-        self.nudge(sync=True, durable=True)
-        os.close(self.fd)
-        self.fd = -1
-        size = DATA_ALIGNMENT + self.shape[0] * self.row_bytes
-        return FileEntry(str(self.path.relative_to(self.root)), size, format_checksum(crc), self.dtype, self.shape)
-
-    def abort(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-_SYNC_WAIT = 1 | 2 | 4  # SYNC_FILE_RANGE_WAIT_BEFORE | WRITE | WAIT_AFTER
-
-
-def _wait_written(fd: int, durable: bool) -> None:
-    # fdatasync on every bounded interval forced a journal commit per file: 14 s of a 28 s pack
-    fn = None if durable else sync_file_range()
-    if fn is None:
-        os.fdatasync(fd)
-    elif fn(fd, 0, 0, _SYNC_WAIT) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def _scatter(file: _SegmentFile, seg: _Segment, rows: np.ndarray, r0: int, r1: int) -> int:
-    """Append the segment's rows among feature rows ``r0..r1`` to their runs; returns the bytes."""
-    a, b = np.searchsorted(seg.ids, r0), np.searchsorted(seg.ids, r1)
-    if a == b:
-        return 0
-    run_of = seg.run_of[a:b]
-    order = np.argsort(run_of, kind="stable")  # grouped by run, ids still ascending within each
-    ordered = rows[seg.ids[a:b][order] - r0]
-    runs = run_of[order]
-    cuts = np.flatnonzero(runs[1:] != runs[:-1]) + 1
-    for lo, hi in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [runs.size]))):
-        file.append(int(runs[lo]), ordered[lo:hi])
-    return int(ordered.nbytes)
-
-
 def _stream_group(feat: _FeatureFile, group: list[tuple[int, _Segment]], out: Path, chunk: int,
-                  dirty_limit: int) -> dict[int, FileEntry]:
-    """One sequential pass over the feature file scattering each packed segment's rows into its runs.
-
-    Every ``dirty_limit`` written bytes, the files written meanwhile start writeback and those of
-    the interval before are synced: at most about twice ``dirty_limit`` is dirty at a time.
-    """
-    files = {k: _SegmentFile(out / f"segment-{k:06d}.npy", out, seg, feat) for k, seg in group}
+                  stage_budget: int) -> dict[int, FileEntry]:
+    """One sequential pass over the feature file appending each packed segment's rows to its runs."""
+    rb = feat.row_bytes
+    shapes = [(int(seg.ids.size), feat.dim) for _, seg in group]
+    headers = [npy_header(feat.dtype, shape) for shape in shapes]
+    sizes = [DATA_ALIGNMENT + shape[0] * rb for shape in shapes]
+    paths = [out / f"segment-{k:06d}.npy" for k, _ in group]
+    segs = [seg for _, seg in group]
+    bases = np.cumsum([0] + [seg.batches for seg in segs])[:-1]
+    streams = RunStreams(paths, headers, sizes, row_bytes=rb, stage_budget=stage_budget,
+                         run_file=np.repeat(np.arange(len(segs)), [seg.batches for seg in segs]),
+                         run_start=np.concatenate([DATA_ALIGNMENT + seg.runs[:-1] * rb for seg in segs]),
+                         run_end=np.concatenate([DATA_ALIGNMENT + seg.runs[1:] * rb for seg in segs]))
     try:
-        written, older, recent = 0, set(), set()  # type: ignore[var-annotated]
         for r0, r1, raw in feat.chunks(chunk):
-            rows = raw.view(feat.dtype).reshape(r1 - r0, feat.dim)
-            for k, seg in group:
-                n = _scatter(files[k], seg, rows, r0, r1)
-                written += n
-                if n:
-                    recent.add(k)
-            if written >= dirty_limit:
-                for k in older:
-                    files[k].nudge(sync=True)
-                for k in recent:
-                    files[k].nudge(sync=False)
-                written, older, recent = 0, recent, set()
-        return {k: f.close() for k, f in files.items()}
+            local, runs = _chunk_rows(segs, bases, r0, r1)
+            if local.size:
+                streams.stage(raw.reshape(r1 - r0, rb), local, runs)
+        crcs = streams.close()
     except BaseException:
-        for f in files.values():
-            f.abort()
+        streams.abort()
         raise
+    return {k: FileEntry(str(path.relative_to(out)), size,
+                         format_checksum(crc32_combine(zlib.crc32(header), crc, size - len(header))),
+                         str(feat.dtype), shape)
+            for (k, _), path, header, size, shape, crc in zip(group, paths, headers, sizes, shapes, crcs)}
+
+
+def _chunk_rows(segs: list[_Segment], bases: np.ndarray, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows ``r0..r1`` of the feature file the segments store (as offsets from ``r0``), each with
+    its run numbered across the segments. Segment by segment: a run's rows stay in id order, the
+    order its file holds them, and no group-wide merged copy is held."""
+    local, runs = [], []
+    for seg, base in zip(segs, bases):
+        a, b = np.searchsorted(seg.ids, (r0, r1))
+        if a < b:
+            local.append(seg.ids[a:b] - r0)
+            runs.append(seg.run_of[a:b].astype(np.int32) + np.int32(base))
+    if not local:
+        return np.empty(0, np.int64), np.empty(0, np.int32)
+    return np.concatenate(local), np.concatenate(runs)
+
+
+def _group_full(group: list[tuple[int, _Segment]], row_bytes: int, limit: int, stage: int, files: int) -> bool:
+    """Whether a pass over ``group`` is as large as it may get: its planning data at ``limit``
+    bytes, its runs' smallest staging slots at ``stage`` bytes, or ``files`` files open."""
+    runs = sum(seg.batches for _, seg in group)
+    return (sum(seg.planning_bytes for _, seg in group) > limit or len(group) >= files
+            or (runs + SPARE) * slot_bytes(runs, row_bytes, 0) > stage)
 
 
 def fit_segment_batches(epoch_plan: Any, row_bytes: int, limit: int, most: int = 64) -> int:
@@ -401,10 +335,11 @@ def _pack_matches(target: Path, digest: str, nodes_crc: str, spec: PackSpec) -> 
 
 def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], feat: _FeatureFile,
                 spec: PackSpec, digest: str, nodes_crc: str) -> PackStats:
-    """Segments planned a group at a time (their planning data within half the memory budget),
-    each group packed by one sequential pass over the feature file."""
+    """Segments planned a group at a time (their planning data within half the memory budget, the
+    staging of their runs' writes within 3/8, two read chunks in the rest), each group packed by
+    one sequential pass over the feature file."""
     limit = max(1, spec.memory_budget // 2)
-    dirty = max(1 << 20, min(DIRTY_LIMIT, spec.memory_budget // 16))  # page cache a pass keeps dirty
+    stage = max(1 << 20, min(STAGE_LIMIT, spec.memory_budget * 3 // 8))
     budget_left = spec.pack_budget
     files: dict[int, Any] = {}
     meta_segments: list[dict[str, Any]] = []
@@ -430,12 +365,11 @@ def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], 
             if seg.packed:
                 group.append((k, seg))
                 rows += int(seg.ids.size)
-            held = sum(g.planning_bytes for _, g in group) + 2 * dirty
-            if group and (held > limit or len(group) >= spec.max_open_segments):
-                files.update(_stream_group(feat, group, out, spec.read_chunk, dirty))
+            if group and _group_full(group, feat.row_bytes, limit, stage, spec.max_open_segments):
+                files.update(_stream_group(feat, group, out, spec.read_chunk, stage))
                 passes, group = passes + 1, []
         if group:
-            files.update(_stream_group(feat, group, out, spec.read_chunk, dirty))
+            files.update(_stream_group(feat, group, out, spec.read_chunk, stage))
             passes += 1
     assert positions.entry is not None
     for k, entry in files.items():

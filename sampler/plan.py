@@ -669,11 +669,14 @@ class BackgroundPlanner:
 
     def __init__(self, dataset: Dataset | str | os.PathLike[str], sampler: Sampler, spec: PlanSpec,
                  epochs: Sequence[int], *, keep_epochs: int = 2, force: bool = False,
-                 pack: tuple[Any, np.ndarray] | None = None, nice: int = 0) -> None:
+                 pack: tuple[Any, np.ndarray] | None = None, nice: int = 0, held: int = 0) -> None:
         """``pack=(PackSpec, cached ids)`` also packs each epoch (DiskGNN) in the child, after planning it;
-        ``nice`` lowers the child's CPU priority (training keeps the cores it needs; the child gets the rest)."""
-        if keep_epochs < 1:
-            raise PlanError(f"keep_epochs must be >= 1, got {keep_epochs}")
+        ``nice`` lowers the child's CPU priority (training keeps the cores it needs; the child gets the rest);
+        ``held`` of the ``keep_epochs`` are epochs the caller planned itself and still holds (each given
+        back with ``release_held``)."""
+        if keep_epochs < 1 or not 0 <= held < keep_epochs:
+            raise PlanError(f"keep_epochs must be >= 1 and more than held, got {keep_epochs} and {held}")
+        self.held = held
         # created here, so a mismatched plan fails in the caller, not in the child
         self.plan = Planner(dataset, sampler, spec, force=force).plan
         self.ds_path = str(self.plan.path.parents[1])
@@ -688,7 +691,7 @@ class BackgroundPlanner:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")  # numba's worker threads do not survive fork
-        self._slots = ctx.Semaphore(self.keep_epochs)
+        self._slots = ctx.Semaphore(self.keep_epochs - self.held)
         self._queue = ctx.Queue()
         self._proc = ctx.Process(
             target=_background_main, name="gnn-ooc-planner", daemon=True,
@@ -727,6 +730,13 @@ class BackgroundPlanner:
         self.plan.release(epoch)
         if self.pack is not None:
             remove_dir(self.plan.path / "packs" / self.pack[0].name / _epoch_dir(epoch), self.plan.path)
+        self._slots.release()
+
+    def release_held(self) -> None:
+        """The caller dropped one of its ``held`` epochs: the child may plan one more."""
+        if self.held < 1:
+            raise PlanError("release_held: no epoch held")
+        self.held -= 1
         self._slots.release()
 
     def close(self) -> None:

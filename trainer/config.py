@@ -68,7 +68,7 @@ class TrainConfig:
     pack_budget: str | None = _opt(None, "disk bytes for packed segments, or a multiple of the feature file (2x)")
     segment_batches: int = _opt(0, "batches per packed segment (0: as many as a segment buffer, an eighth of "
                                    "the memory budget, holds; at most 64)")
-    keep_epochs: int = _opt(2, "planned epochs kept on disk (the one training and the next)")
+    keep_epochs: int = _opt(2, "planned epochs kept on disk (the one training and the next; offline keeps at least 2)")
     threads: int | None = _opt(None, "CPU threads for torch and the samplers (default: all)")
     device: str = _opt("auto", "auto | cpu | cuda", choices=DEVICES)
     precision: str = _opt("fp32", "fp32 | bf16 | fp16 autocast", choices=PRECISIONS)

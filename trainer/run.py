@@ -280,9 +280,11 @@ class OfflineEpochs:
         rest = list(epochs)[1:]
         self.background: BackgroundPlanner | None = None
         if rest:
-            self.background = BackgroundPlanner(ds, sampler, plan_spec, rest, keep_epochs=max(1, keep_epochs - 1),
-                                                pack=(self.pack_spec, self.placement.cached),
-                                                nice=BACKGROUND_NICE).__enter__()
+            # the first epoch is one of the kept ones: while it trains the child packs the next, and
+            # the one after as soon as it is released (the child once waited for the next's release)
+            self.background = BackgroundPlanner(ds, sampler, plan_spec, rest, keep_epochs=max(2, keep_epochs),
+                                                pack=(self.pack_spec, self.placement.cached), nice=BACKGROUND_NICE,
+                                                held=1).__enter__()
 
     def wait(self, epoch: int) -> Any:
         if epoch == self.first:
@@ -296,6 +298,8 @@ class OfflineEpochs:
 
             self.plan.release(epoch)
             remove_dir(self.plan.path / "packs" / self.pack_spec.name / f"epoch-{epoch:06d}", self.plan.path)
+            if self.background is not None:
+                self.background.release_held()
         elif self.background is not None:
             self.background.release(epoch)
 

@@ -58,27 +58,6 @@ def io_uring_available() -> bool:
     return bool(params.features & IORING_FEAT_RW_CUR_POS)  # the feature bit that came with IORING_OP_READ
 
 
-@functools.lru_cache(maxsize=1)
-def sync_file_range() -> Any:
-    """libc's ``sync_file_range(fd, offset, nbytes, flags)`` (Linux), or None where it is missing.
-
-    It waits for a file's data writeback without the metadata journal commit ``fdatasync`` may
-    force, so a streaming writer can bound its dirty pages cheaply; ``fdatasync`` stays the
-    fallback and the final step before publishing.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
 def optional_library(name: str) -> bool:
     """Whether an optional library (``torch_geometric``, ``dgl``, ...) can be imported."""
     return importlib.util.find_spec(name) is not None

@@ -241,6 +241,24 @@ def test_background_planner_keeps_at_most_k_epochs(ds: Dataset) -> None:
     assert Plan.open(ds, "bg").totals()[0] == [0, 1, 2, 3]
 
 
+def test_background_planner_counts_the_callers_held_epoch(ds: Dataset) -> None:
+    """keep_epochs=2 with one epoch held by the caller: the child plans one ahead, then waits for
+    release_held before the next (the trainer holds the epoch it planned itself)."""
+    sampler = NeighborSampler(ds, [3])
+    spec = PlanSpec(name="held", batch_size=64, seed=3)
+    plan_epochs(ds, sampler, 1, spec)  # epoch 0, the caller's
+    with BackgroundPlanner(ds, sampler, spec, [1, 2], keep_epochs=2, held=1) as bp:
+        bp.wait(1, timeout=120)
+        with pytest.raises(TimeoutError):
+            bp.wait(2, timeout=1.5)  # both slots taken: epoch 0 (held) and epoch 1
+        bp.release_held()
+        assert len(bp.wait(2, timeout=120)) > 0  # epoch 1 still kept: the held slot let it in
+        with pytest.raises(PlanError, match="no epoch held"):
+            bp.release_held()
+    with pytest.raises(PlanError, match="more than held"):
+        BackgroundPlanner(ds, sampler, spec, [1], keep_epochs=1, held=1)
+
+
 def test_background_planner_error_surfaces(ds: Dataset) -> None:
     sampler = NeighborSampler(ds, [3])
     bp = BackgroundPlanner(ds, sampler, PlanSpec(name="err", batch_size=64), range(2))
