@@ -301,8 +301,34 @@ class FeatureStore:
             self.stats.add_hits(self.tier, idx.shape[0])
         return out
 
+    def gather_at(self, ids: Any, out: Any, at: Any) -> Any:
+        """Rows ``ids`` into rows ``at`` of ``out`` (``out[at[i]] = row ids[i]``): a batch's rows from
+        this store placed among rows that came from elsewhere, without a second copy."""
+        import torch
+
+        idx = self._ids(ids)
+        pos = torch.as_tensor(at, dtype=torch.int64).reshape(-1)
+        if pos.shape[0] != idx.shape[0]:
+            raise InputError(None, f"{idx.shape[0]} ids for {pos.shape[0]} output rows", expected="as many of each")
+        if out.dim() != 2 or out.shape[1] != self.dim or out.dtype != self.dtype:
+            raise InputError(None, f"output is {out.dtype}{tuple(out.shape)}", expected=f"{self.dtype}[*, {self.dim}]")
+        if idx.shape[0]:
+            self._gather_at(idx, out, pos)
+        if not self.counts_own_hits:
+            self.stats.add_hits(self.tier, idx.shape[0])
+        return out
+
     def _gather(self, ids: Any, out: Any) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement _gather(ids, out)")
+
+    def _gather_at(self, ids: Any, out: Any, at: Any) -> None:
+        """``gather_at``'s hook; by default a gather then a scatter (stores that can place rows
+        directly override it)."""
+        from gnn_ooc.graphstore.rowops import put_rows
+
+        rows = self._out(ids.shape[0], None, out.device)
+        self._gather(ids, rows)
+        put_rows(out, at, rows)
 
     def _ids(self, ids: Any) -> Any:
         import torch

@@ -65,7 +65,7 @@ from gnn_ooc.graphstore.npyfile import (
     npy_header,
     write_bytes_entry,
 )
-from gnn_ooc.graphstore.rowops import move_rows, put_rows
+from gnn_ooc.graphstore.rowops import move_rows
 from gnn_ooc.graphstore.runstreams import SPARE, RunStreams, slot_bytes
 
 PACK_FORMAT = "gnn-ooc-pack"
@@ -542,7 +542,7 @@ def assemble_batch(node: np.ndarray, pos: np.ndarray | None, segment_rows: np.nd
         store.stats.add_hits("packed", int(from_seg.sum()), from_disk=False)
     rest = np.flatnonzero(~from_seg)
     if rest.size:
-        put_rows(out, torch.from_numpy(rest), store.gather(torch.from_numpy(node[rest])))
+        store.gather_at(torch.from_numpy(node[rest]), out, torch.from_numpy(rest))
     return out
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from gnn_ooc.graphstore.base import FeatureStore
-from gnn_ooc.graphstore.rowops import put_rows
+from gnn_ooc.graphstore.rowops import move_rows, put_rows
 
 
 def torch_dtype(name: str) -> Any:
@@ -54,6 +54,9 @@ class MemoryStore(FeatureStore):
             torch.index_select(self.rows, 0, ids.to(self.rows.device), out=out)
         else:
             out.copy_(self.rows[ids.to(self.rows.device)])
+
+    def _gather_at(self, ids: Any, out: Any, at: Any) -> None:
+        move_rows(self.rows, ids, out, at)
 
 
 def _read_exact(path: Any, offset: int, out: np.ndarray) -> None:

@@ -33,20 +33,23 @@ class TieredStore(FeatureStore):
     def _gather(self, ids: Any, out: Any) -> None:
         import torch
 
-        pos = torch.arange(ids.numel())
+        self._gather_at(ids, out, torch.arange(ids.numel()))
+
+    def _gather_at(self, ids: Any, out: Any, at: Any) -> None:
+        pos = at  # rows of ``out`` still to fill, and (``left``) which of ``ids`` they take
+        left = ids
         for cache in self.caches:
-            slots = cache.lookup(ids[pos])
+            slots = cache.lookup(left)
             hit = slots >= 0
             n = int(hit.sum())
             if n:
                 move_rows(cache.rows, slots[hit], out, pos[hit])
-                pos = pos[~hit]
+                pos, left = pos[~hit], left[~hit]
             self.stats.add_hits(cache.tier, n, from_disk=False)
             if pos.numel() == 0:
                 return
         before = self.backing.stats.disk_counters()
-        rows = self.backing.gather(ids[pos], device=out.device)
-        put_rows(out, pos, rows)
+        put_rows(out, pos, self.backing.gather(left, device=out.device))
         self.stats.add_hits(self.backing.tier, pos.numel(), from_disk=False)
         self.stats.add_disk_since(self.backing.stats, before)
 

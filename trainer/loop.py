@@ -28,6 +28,7 @@ from gnn_ooc.trainer.checkpoint import random_states, save_checkpoint, set_rando
 from gnn_ooc.trainer.metrics import MetricsLog, TensorBoard
 from gnn_ooc.trainer.pipeline import Pipeline, StageTimers
 from gnn_ooc.trainer.sources import BatchSource, TrainBatch
+from gnn_ooc.trainer.transfer import device_stages
 
 
 @dataclass
@@ -142,8 +143,9 @@ class Trainer:
         source, stages = self.train.stages(epoch, self.state.position)
         total = len(self.train.local_batches(epoch))
         self.model.train()
-        pipe = Pipeline(source, stages, depth=self.settings.depth, source_name="plan", timers=self.timers,
-                        stop=self.train.stop)
+        # under CUDA a last stage copies each batch to the GPU on a side stream while the step runs
+        pipe = Pipeline(source, stages + device_stages(self.device), depth=self.settings.depth, source_name="plan",
+                        timers=self.timers, stop=self.train.stop)
         bar = _progress(self.settings.progress and self.main, total, self.state.position, f"epoch {epoch}")
         losses: list[float] = []
         try:
@@ -260,13 +262,14 @@ class Trainer:
         was_training = model.training
         model.eval()
         correct = total = 0
-        for batch in iter_batches(source, 0, self.settings.depth):
+        for batch in iter_batches(source, 0, self.settings.depth, device=self.device):
             with self._autocast():
                 out = model([b.to(self.device) for b in batch.blocks], batch.x.to(self.device))
             correct += int((out.argmax(1).cpu() == batch.y).sum())
             total += batch.num_seeds
             batch.release()
         source.end_epoch(0)  # an offline evaluation source gives its segment buffers back
+        source.drop_buffers()  # and every evaluation source its feature buffers, until next time
         model.train(was_training)
         return correct / total if total else float("nan")
 
@@ -297,9 +300,10 @@ def _progress(enabled: bool, total: int, initial: int, desc: str) -> Any:
     return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def iter_batches(source: BatchSource, epoch: int, depth: int = 2) -> Iterator[TrainBatch]:
-    """All of ``source``'s batches of ``epoch`` through its pipeline (for tools and tests)."""
+def iter_batches(source: BatchSource, epoch: int, depth: int = 2, *, device: Any = "cpu") -> Iterator[TrainBatch]:
+    """All of ``source``'s batches of ``epoch`` through its pipeline, copied to ``device`` (a CUDA
+    device: on a side stream) (evaluation, tools and tests)."""
     source.begin_epoch(epoch)
     items, stages = source.stages(epoch, 0)
-    with Pipeline(items, stages, depth=depth, stop=source.stop) as pipe:
+    with Pipeline(items, stages + device_stages(device), depth=depth, stop=source.stop) as pipe:
         yield from pipe

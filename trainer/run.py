@@ -215,25 +215,26 @@ def build_sources(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, first_epo
     if labels is None:
         raise ConfigError(f"{ds.path}: the dataset has no labels; node classification needs them")
     sampler = NeighborSampler(ds, list(cfg.fanouts))
+    pin = resolve_device(cfg.device).type == "cuda"  # page-locked batches: asynchronous copies to the GPU
     if mode == "offline":
-        offline = _offline(cfg, ds, sampler, run, first_epoch, labels, say, rank, world)
+        offline = _offline(cfg, ds, sampler, run, first_epoch, labels, say, rank, world, pin)
         train_src: BatchSource = offline
         store: Any = offline.store
     else:
         store = _sampled_store(cfg, ds, mode)
         train_src = SampledSource(ds.split("train"), labels, sampler, store, batch_size=cfg.batch_size,
-                                  seed=cfg.seed, mode=mode, rank=rank, world=world)
+                                  seed=cfg.seed, mode=mode, rank=rank, world=world, pin=pin)
     eval_sampler = NeighborSampler(ds, list(cfg.eval_fanouts or cfg.fanouts))
     evals: dict[str, BatchSource] = {}
     for split in ("valid", "test"):
         if not (ds.has(f"split/{split}") and ds.split(split).size):
             continue
         if mode == "offline" and cfg.eval_every:
-            evals[split] = _offline_eval(cfg, ds, eval_sampler, split, train_src, labels, say)
+            evals[split] = _offline_eval(cfg, ds, eval_sampler, split, train_src, labels, say, pin)
         else:
             evals[split] = SampledSource(ds.split(split), labels, eval_sampler, store,
                                          batch_size=cfg.eval_batch_size or cfg.batch_size, seed=cfg.seed + 1,
-                                         mode="eval")
+                                         mode="eval", pin=pin)
     return train_src, evals
 
 
@@ -315,7 +316,7 @@ class OfflineEpochs:
 
 
 def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, run: Path, first_epoch: int,
-             labels: np.ndarray, say: Say, rank: int, world: int) -> OfflineSource:
+             labels: np.ndarray, say: Say, rank: int, world: int, pin: bool = False) -> OfflineSource:
     plan_name = "run-" + hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:12]
     if world > 1:
         # a plan per rank: no rank reads files another is writing or releasing, and it works
@@ -336,7 +337,7 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, run: Path,
                            cfg.keep_epochs, say, segment_limit=_segment_limit(cfg))
     store = build_tiered_store(ds, epochs.placement)
     return OfflineSource(epochs, epochs.packed, labels, store, rank=rank, world=world, sampler=sampler,
-                         on_close=epochs.close)
+                         on_close=epochs.close, pin=pin)
 
 
 class FixedEpoch:
@@ -362,7 +363,7 @@ class FixedEpoch:
 
 
 def _offline_eval(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, split: str, train_src: Any,
-                  labels: np.ndarray, say: Say) -> OfflineSource:
+                  labels: np.ndarray, say: Say, pin: bool = False) -> OfflineSource:
     """``split``'s evaluation batches (the ones ``SampledSource`` would sample: seed + 1, epoch 0),
     planned and packed once beside the training plan, over the training caches."""
     epochs: OfflineEpochs = train_src.epochs
@@ -378,7 +379,7 @@ def _offline_eval(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, split
     fixed = FixedEpoch(planner.plan, pack_spec.name)
     # the buffers go back after each evaluation: training holds its own two meanwhile
     return OfflineSource(fixed, fixed.packed, labels, train_src.store, sampler=sampler, on_close=fixed.remove,
-                         hold_buffers=False)
+                         hold_buffers=False, pin=pin)
 
 
 def _planning_budget(cfg: TrainConfig) -> int:

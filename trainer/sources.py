@@ -34,8 +34,10 @@ from gnn_ooc.graphstore.pack import assemble_batch, count_segment_read
 from gnn_ooc.sampler.base import SampledSubgraph, SampleKey, Sampler
 from gnn_ooc.sampler.plan import epoch_order
 from gnn_ooc.trainer.base import torch_blocks
+from gnn_ooc.trainer.buffers import BatchBuffers
 
 Stage = tuple[str, Callable[[Any], Any]]
+KEPT_BUFFERS = 4  # free feature buffers kept: at depth d, d + 2 are in use (assembling, queued, in the step)
 
 
 @dataclass
@@ -77,8 +79,11 @@ class BatchSource(ABC):
 
     mode = "custom"
 
-    def __init__(self, labels: np.ndarray, *, rank: int = 0, world: int = 1, sampler: Sampler | None = None) -> None:
+    def __init__(self, labels: np.ndarray, *, rank: int = 0, world: int = 1, sampler: Sampler | None = None,
+                 pin: bool = False) -> None:
         self.labels = labels
+        self.pin = pin  # features into page-locked buffers (under CUDA: asynchronous copies to the GPU)
+        self._buffers: BatchBuffers | None = None
         self.rank, self.world = rank, world
         self.sampler = sampler  # its state goes into checkpoints
         # the pipeline running this source's stages sets it on close: stages blocked in their own
@@ -105,6 +110,19 @@ class BatchSource(ABC):
         batch.blocks = torch_blocks(batch.sub)
         return batch
 
+    def features_out(self, batch: TrainBatch, store: FeatureStore) -> Any:
+        """A reused [nodes, D] host tensor for ``batch``'s features, given back when it is released."""
+        if self._buffers is None:
+            self._buffers = BatchBuffers(store.dim, store.dtype, keep=KEPT_BUFFERS, pin=self.pin)
+        x, give_back = self._buffers.take(int(batch.sub.node.size))
+        batch._on_release.append(give_back)
+        return x
+
+    def drop_buffers(self) -> None:
+        """Free the kept feature buffers (an evaluation source between evaluations)."""
+        if self._buffers is not None:
+            self._buffers.clear()
+
     def begin_epoch(self, epoch: int) -> None:  # noqa: B027 - an optional hook
         """Called before an epoch's pipeline starts (offline: wait for its plan)."""
 
@@ -122,8 +140,9 @@ class SampledSource(BatchSource):
     """Online sampling plus a feature store: ``--mode memory`` (MemoryStore) or ``--mode online``."""
 
     def __init__(self, seeds: np.ndarray, labels: np.ndarray, sampler: Sampler, store: FeatureStore, *,
-                 batch_size: int, seed: int, mode: str = "online", rank: int = 0, world: int = 1) -> None:
-        super().__init__(labels, rank=rank, world=world, sampler=sampler)
+                 batch_size: int, seed: int, mode: str = "online", rank: int = 0, world: int = 1,
+                 pin: bool = False) -> None:
+        super().__init__(labels, rank=rank, world=world, sampler=sampler, pin=pin)
         self.seeds = np.asarray(seeds, dtype=np.int64)
         self.store = store
         # a sampling stage runs in a thread: numba's parallel kernels only run on the main thread
@@ -148,7 +167,7 @@ class SampledSource(BatchSource):
     def _gather(self, batch: TrainBatch) -> TrainBatch:
         import torch
 
-        batch.x = self.store.gather(torch.from_numpy(batch.sub.node))
+        batch.x = self.store.gather(torch.from_numpy(batch.sub.node), out=self.features_out(batch, self.store))
         return self.finish_batch(batch)
 
     def stats(self) -> dict[str, Any]:
@@ -206,8 +225,8 @@ class OfflineSource(BatchSource):
 
     def __init__(self, epochs: Any, packed: Callable[[int], Any], labels: np.ndarray, store: FeatureStore, *,
                  rank: int = 0, world: int = 1, sampler: Sampler | None = None,
-                 on_close: Callable[[], None] | None = None, hold_buffers: bool = True) -> None:
-        super().__init__(labels, rank=rank, world=world, sampler=sampler)
+                 on_close: Callable[[], None] | None = None, hold_buffers: bool = True, pin: bool = False) -> None:
+        super().__init__(labels, rank=rank, world=world, sampler=sampler, pin=pin)
         self._on_close = on_close
         self._hold_buffers = hold_buffers  # False: the two segment buffers are freed at each epoch's end
         self.epochs, self.packed_of, self.store = epochs, packed, store
@@ -233,6 +252,7 @@ class OfflineSource(BatchSource):
             self._packed.close()
         self._plan = self._packed = None
         if not self._hold_buffers:
+            self.drop_buffers()
             self._pool, self._pool_bytes = None, 0
         self.epochs.release(epoch)
 
@@ -272,10 +292,11 @@ class OfflineSource(BatchSource):
 
     def _assemble(self, item: tuple[TrainBatch, _Segment | None]) -> TrainBatch:
         batch, seg = item
+        out = self.features_out(batch, self.store)
         if seg is None:
-            batch.x = assemble_batch(batch.sub.node, None, None, self.store)
+            batch.x = assemble_batch(batch.sub.node, None, None, self.store, out)
         else:
-            batch.x = assemble_batch(batch.sub.node, self._packed.positions(batch.index), seg.rows, self.store)
+            batch.x = assemble_batch(batch.sub.node, self._packed.positions(batch.index), seg.rows, self.store, out)
             seg.done()
         return self.finish_batch(batch)
 

@@ -101,6 +101,14 @@ def test_contract(name: str, features: tuple[np.ndarray, Path]) -> None:
             store.gather([1, 2], out=torch.empty(3, D))
         with pytest.raises(InputError, match="integer"):
             store.gather(torch.tensor([0.5]))
+        into = torch.full((6, D), -1.0)
+        assert store.gather_at([7, N - 1, 7], into, torch.tensor([4, 0, 2])) is into  # rows placed, others kept
+        assert torch.equal(into[[4, 0, 2]], torch.from_numpy(x[[7, N - 1, 7]]))
+        assert bool((into[[1, 3, 5]] == -1).all())
+        with pytest.raises(InputError, match="2 ids for 3 output rows"):
+            store.gather_at([1, 2], into, [0, 1, 2])
+        with pytest.raises(IndexError):
+            store.gather_at([1], into, [6])
 
 
 @settings(max_examples=40, deadline=None)
@@ -111,9 +119,12 @@ def test_tiered_equals_memory(features: tuple[np.ndarray, Path], ids: list[int],
     cache = RowCache.filled("device", cached, backing)
     store = TieredStore([cache], backing)
     assert torch.equal(store.gather(ids), torch.from_numpy(x[ids]))
+    into = torch.zeros(len(ids) + 1, D)
+    store.gather_at(ids, into, torch.arange(len(ids), 0, -1))
+    assert torch.equal(into[1:].flip(0), torch.from_numpy(x[ids]).reshape(-1, D))
     held = set(cached)
-    assert store.stats.hits.get("device", 0) == sum(i in held for i in ids)
-    assert store.stats.rows == len(ids)
+    assert store.stats.hits.get("device", 0) == 2 * sum(i in held for i in ids)
+    assert store.stats.rows == 2 * len(ids)
 
 
 def test_hits_bytes_and_amplification(features: tuple[np.ndarray, Path]) -> None:
