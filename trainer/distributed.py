@@ -23,7 +23,7 @@ import itertools
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import torch
 
@@ -201,6 +201,37 @@ def shutdown() -> None:
     """Leave the process group, if this process is in one."""
     if initialized():
         torch.distributed.destroy_process_group()
+
+
+def gather_objects(obj: T, world: int) -> list[T]:
+    """``obj`` from every rank, in rank order (``[obj]`` in one process).
+
+    Example:
+        >>> gather_objects({"a": 1}, world=1)
+        [{'a': 1}]
+    """
+    if world <= 1 or not initialized():
+        return [obj]
+    out: list[Any] = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def sum_across(values: Sequence[float], world: int) -> list[float]:
+    """``values`` summed element by element over the ranks (``values`` in one process).
+
+    Example:
+        >>> sum_across([3.0, 2.0], world=1)
+        [3.0, 2.0]
+    """
+    if world <= 1 or not initialized():
+        return [float(v) for v in values]
+    device = "cpu"
+    if torch.distributed.get_backend() == "nccl":  # NCCL reduces GPU tensors only
+        device = f"cuda:{torch.cuda.current_device()}"
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return [float(v) for v in t.cpu()]
 
 
 def barrier(world: int) -> None:

@@ -25,6 +25,7 @@ import torch
 
 from gnn_ooc.graphstore.base import StoreStats
 from gnn_ooc.trainer.checkpoint import random_states, save_checkpoint, set_random_states
+from gnn_ooc.trainer.distributed import gather_objects, sum_across
 from gnn_ooc.trainer.metrics import MetricsLog, TensorBoard
 from gnn_ooc.trainer.pipeline import Pipeline, StageTimers
 from gnn_ooc.trainer.sources import BatchSource, TrainBatch
@@ -94,7 +95,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "sampler": self.train.sampler.state_dict() if self.train.sampler is not None else {},
             "order": {"epoch": self.state.epoch, "position": self.state.position},
-            "random": random_states(),
+            "random": random_states(),  # this rank's; ``checkpoint`` adds every rank's
             "total_seconds": dict(self.total_seconds),
         }
 
@@ -109,14 +110,22 @@ class Trainer:
         if self.train.sampler is not None and state.get("sampler"):
             self.train.sampler.load_state_dict(state["sampler"])
         self.total_seconds = dict(state.get("total_seconds", {}))
-        set_random_states(state["random"])
+        per_rank = state.get("random_ranks") or []
+        # each rank resumes its own dropout draws; a run resumed on another world size takes rank 0's
+        same_world = len(per_rank) == self.settings.world
+        set_random_states(per_rank[self.settings.rank] if same_world else state["random"])
         for log in (self.steps_log, self.epochs_log):
             if log is not None:  # records after the checkpoint belong to the lost future
                 log.truncate(self.state.step)
 
     def checkpoint(self) -> None:
+        """Save the state (rank 0 writes it); every rank calls this at the same steps."""
+        ranks = gather_objects(random_states(), self.settings.world)
         if self.main:
-            save_checkpoint(self.run, self.state.step, self.state_dict())
+            state = self.state_dict()
+            if self.settings.world > 1:
+                state["random_ranks"] = ranks
+            save_checkpoint(self.run, self.state.step, state)
 
     # --- the loop ------------------------------------------------------------------------------
     def fit(self) -> LoopState:
@@ -222,10 +231,11 @@ class Trainer:
         secs = self.timers.seconds()
         for k, v in secs.items():
             self.total_seconds[k] = self.total_seconds.get(k, 0.0) + v
-        losses = self._epoch_losses
+        # the epoch's mean loss over every rank's batches
+        total, count = sum_across([sum(self._epoch_losses), len(self._epoch_losses)], self.settings.world)
         record: dict[str, Any] = {
             "step": self.state.step, "epoch": epoch, "seconds": self._epoch_time,
-            "loss": sum(losses) / len(losses) if losses else float("nan"),
+            "loss": total / count if count else float("nan"),
             "overlap": self._epoch_time / sum(secs.values()) if secs else 1.0,
             **{f"{k}_s": v for k, v in secs.items()},
         }
@@ -265,12 +275,14 @@ class Trainer:
         for batch in iter_batches(source, 0, self.settings.depth, device=self.device):
             with self._autocast():
                 out = model([b.to(self.device) for b in batch.blocks], batch.x.to(self.device))
-            correct += int((out.argmax(1).cpu() == batch.y).sum())
+            correct += int((out.argmax(1) == batch.y).sum())
             total += batch.num_seeds
             batch.release()
         source.end_epoch(0)  # an offline evaluation source gives its segment buffers back
         source.drop_buffers()  # and every evaluation source its feature buffers, until next time
         model.train(was_training)
+        # each rank evaluated its share: every rank gets the same accuracy (and early-stop decision)
+        correct, total = sum_across([correct, total], self.settings.world)
         return correct / total if total else float("nan")
 
 

@@ -230,11 +230,11 @@ def build_sources(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, first_epo
         if not (ds.has(f"split/{split}") and ds.split(split).size):
             continue
         if mode == "offline" and cfg.eval_every:
-            evals[split] = _offline_eval(cfg, ds, eval_sampler, split, train_src, labels, say, pin)
+            evals[split] = _offline_eval(cfg, ds, eval_sampler, split, train_src, labels, say, pin, rank, world)
         else:
             evals[split] = SampledSource(ds.split(split), labels, eval_sampler, store,
                                          batch_size=cfg.eval_batch_size or cfg.batch_size, seed=cfg.seed + 1,
-                                         mode="eval", pin=pin)
+                                         mode="eval", pin=pin, rank=rank, world=world, even=False)
     return train_src, evals
 
 
@@ -363,7 +363,7 @@ class FixedEpoch:
 
 
 def _offline_eval(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, split: str, train_src: Any,
-                  labels: np.ndarray, say: Say, pin: bool = False) -> OfflineSource:
+                  labels: np.ndarray, say: Say, pin: bool = False, rank: int = 0, world: int = 1) -> OfflineSource:
     """``split``'s evaluation batches (the ones ``SampledSource`` would sample: seed + 1, epoch 0),
     planned and packed once beside the training plan, over the training caches."""
     epochs: OfflineEpochs = train_src.epochs
@@ -379,7 +379,7 @@ def _offline_eval(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, split
     fixed = FixedEpoch(planner.plan, pack_spec.name)
     # the buffers go back after each evaluation: training holds its own two meanwhile
     return OfflineSource(fixed, fixed.packed, labels, train_src.store, sampler=sampler, on_close=fixed.remove,
-                         hold_buffers=False, pin=pin)
+                         hold_buffers=False, pin=pin, rank=rank, world=world, even=False)
 
 
 def _planning_budget(cfg: TrainConfig) -> int:

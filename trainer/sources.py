@@ -62,16 +62,18 @@ class TrainBatch:
         self._on_release.clear()
 
 
-def rank_batches(num_batches: int, rank: int = 0, world: int = 1) -> np.ndarray:
-    """The batch indices rank ``rank`` of ``world`` trains: disjoint, and as many on every rank.
+def rank_batches(num_batches: int, rank: int = 0, world: int = 1, *, even: bool = True) -> np.ndarray:
+    """The batch indices rank ``rank`` of ``world`` takes: disjoint, and (``even``, for training:
+    DDP steps together) as many on every rank, the remainder dropped; ``even=False`` (evaluation)
+    deals out every batch.
 
     Example:
-        >>> rank_batches(7, 1, 3).tolist()
-        [1, 4]
+        >>> rank_batches(7, 1, 3).tolist(), rank_batches(7, 0, 3, even=False).tolist()
+        ([1, 4], [0, 3, 6])
     """
     if world <= 1:
         return np.arange(num_batches)
-    return np.arange(rank, num_batches - num_batches % world, world)
+    return np.arange(rank, num_batches - (num_batches % world if even else 0), world)
 
 
 class BatchSource(ABC):
@@ -80,8 +82,9 @@ class BatchSource(ABC):
     mode = "custom"
 
     def __init__(self, labels: np.ndarray, *, rank: int = 0, world: int = 1, sampler: Sampler | None = None,
-                 pin: bool = False) -> None:
+                 pin: bool = False, even: bool = True) -> None:
         self.labels = labels
+        self.even = even
         self.pin = pin  # features into page-locked buffers (under CUDA: asynchronous copies to the GPU)
         self._buffers: BatchBuffers | None = None
         self.rank, self.world = rank, world
@@ -95,7 +98,7 @@ class BatchSource(ABC):
         """Batches of ``epoch`` over all ranks."""
 
     def local_batches(self, epoch: int) -> np.ndarray:
-        return rank_batches(self.num_batches(epoch), self.rank, self.world)
+        return rank_batches(self.num_batches(epoch), self.rank, self.world, even=self.even)
 
     @abstractmethod
     def stages(self, epoch: int, start: int) -> tuple[Iterator[Any], list[Stage]]:
@@ -141,8 +144,8 @@ class SampledSource(BatchSource):
 
     def __init__(self, seeds: np.ndarray, labels: np.ndarray, sampler: Sampler, store: FeatureStore, *,
                  batch_size: int, seed: int, mode: str = "online", rank: int = 0, world: int = 1,
-                 pin: bool = False) -> None:
-        super().__init__(labels, rank=rank, world=world, sampler=sampler, pin=pin)
+                 pin: bool = False, even: bool = True) -> None:
+        super().__init__(labels, rank=rank, world=world, sampler=sampler, pin=pin, even=even)
         self.seeds = np.asarray(seeds, dtype=np.int64)
         self.store = store
         # a sampling stage runs in a thread: numba's parallel kernels only run on the main thread
@@ -225,8 +228,9 @@ class OfflineSource(BatchSource):
 
     def __init__(self, epochs: Any, packed: Callable[[int], Any], labels: np.ndarray, store: FeatureStore, *,
                  rank: int = 0, world: int = 1, sampler: Sampler | None = None,
-                 on_close: Callable[[], None] | None = None, hold_buffers: bool = True, pin: bool = False) -> None:
-        super().__init__(labels, rank=rank, world=world, sampler=sampler, pin=pin)
+                 on_close: Callable[[], None] | None = None, hold_buffers: bool = True, pin: bool = False,
+                 even: bool = True) -> None:
+        super().__init__(labels, rank=rank, world=world, sampler=sampler, pin=pin, even=even)
         self._on_close = on_close
         self._hold_buffers = hold_buffers  # False: the two segment buffers are freed at each epoch's end
         self.epochs, self.packed_of, self.store = epochs, packed, store

@@ -210,6 +210,20 @@ def test_two_gloo_processes_agree_with_averaged_gradients(dataset: Path, tmp_pat
     # which divides the scale out, so it is not a control here.)
     assert distance(trained, reference(cfg, run, lambda a, b: a)[0]) > 1e-3
     assert distance(trained, reference(cfg, run, lambda a, b: b)[0]) > 1e-3
+    # each rank evaluated half of the validation batches; the accuracy reported is over all of them
+    ds = Dataset.open(cfg.dataset)
+    _, evals = build_sources(cfg, ds, "memory", run, 0, quiet, 0, 1)
+    model, _, _ = build_model(cfg, ds, torch.device("cpu"))
+    model.load_state_dict(trained)
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for b in iter_batches(evals["valid"], 0):
+            correct += int((model(list(b.blocks), b.x).argmax(1) == b.y).sum())
+            total += b.num_seeds
+    assert total == len(ds.split("valid"))
+    last = json.loads((run / "summary.json").read_text())["epochs"][-1]
+    assert last["valid_acc"] == pytest.approx(correct / total, abs=1e-12)
 
     # an error on rank 0 (the run exists) fails rank 1 too, instead of leaving it waiting
     again = launch(dataset, [str(dataset), "--out", str(run), *FLAGS])
@@ -219,12 +233,13 @@ def test_two_gloo_processes_agree_with_averaged_gradients(dataset: Path, tmp_pat
 
 def test_two_gloo_processes_resume_mid_epoch(dataset: Path, tmp_path: Path) -> None:
     """Stopped after 3 of 8 steps (mid-epoch 0, offline), then ``--resume``d by both ranks: the
-    steps and losses equal an uninterrupted 2-process run. (Dropout is 0 here: every rank resumes
-    with rank 0's saved random states, which differ from its own when dropout draws differ.)"""
+    steps and losses equal an uninterrupted 2-process run, with dropout on: each rank resumes its
+    own random states (rank 1 taking rank 0's would draw other dropout masks)."""
     full, part = tmp_path / "full", tmp_path / "part"
-    for r in launch(dataset, [str(dataset), "--out", str(full), *FLAGS]):
+    flags = [*FLAGS, "--dropout", "0.5"]  # the last --dropout wins
+    for r in launch(dataset, [str(dataset), "--out", str(full), *flags]):
         assert r.returncode == 0, r.stderr[-3000:]
-    for r in launch(dataset, [str(dataset), "--out", str(part), *FLAGS, "--max-steps", "3"]):
+    for r in launch(dataset, [str(dataset), "--out", str(part), *flags, "--max-steps", "3"]):
         assert r.returncode == 0, r.stderr[-3000:]
     assert len(steps(part)) == 3
     for r in launch(dataset, ["--resume", str(part), "--max-steps", "1000"]):
@@ -232,6 +247,11 @@ def test_two_gloo_processes_resume_mid_epoch(dataset: Path, tmp_path: Path) -> N
     a, b = steps(full), steps(part)
     assert [r["step"] for r in b] == list(range(1, 9)) and [r["batch"] for r in b] == [r["batch"] for r in a]
     assert np.allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=0, atol=1e-6)
+    ckpt = load_checkpoint(latest_checkpoint(part))
+    assert len(ckpt["random_ranks"]) == 2 and ckpt["random_ranks"][0]["torch"].shape == ckpt["random"]["torch"].shape
+    # the epoch's loss is the mean over both ranks' batches; valid accuracy is over every batch
+    epochs = [json.loads(line) for line in (full / "metrics" / "epochs.jsonl").read_text().splitlines()]
+    assert epochs[-1]["loss"] != pytest.approx(np.mean([r["loss"] for r in a[4:]]), abs=1e-9)
 
 
 def test_gpu_per_local_rank() -> None:
