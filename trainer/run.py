@@ -215,15 +215,18 @@ def build_sources(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, first_epo
     if labels is None:
         raise ConfigError(f"{ds.path}: the dataset has no labels; node classification needs them")
     sampler = NeighborSampler(ds, list(cfg.fanouts))
-    pin = resolve_device(cfg.device).type == "cuda"  # page-locked batches: asynchronous copies to the GPU
+    device = resolve_device(cfg.device)
+    # under CUDA: page-locked batches (asynchronous copies), and the device cache in GPU memory,
+    # its rows gathered there after each copy
+    pin = device.type == "cuda"
     if mode == "offline":
-        offline = _offline(cfg, ds, sampler, run, first_epoch, labels, say, rank, world, pin)
+        offline = _offline(cfg, ds, sampler, run, first_epoch, labels, say, rank, world, device)
         train_src: BatchSource = offline
         store: Any = offline.store
     else:
-        store = _sampled_store(cfg, ds, mode)
+        store = _sampled_store(cfg, ds, mode, device)
         train_src = SampledSource(ds.split("train"), labels, sampler, store, batch_size=cfg.batch_size,
-                                  seed=cfg.seed, mode=mode, rank=rank, world=world, pin=pin)
+                                  seed=cfg.seed, mode=mode, rank=rank, world=world, pin=pin, defer_device=pin)
     eval_sampler = NeighborSampler(ds, list(cfg.eval_fanouts or cfg.fanouts))
     evals: dict[str, BatchSource] = {}
     for split in ("valid", "test"):
@@ -234,19 +237,20 @@ def build_sources(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, first_epo
         else:
             evals[split] = SampledSource(ds.split(split), labels, eval_sampler, store,
                                          batch_size=cfg.eval_batch_size or cfg.batch_size, seed=cfg.seed + 1,
-                                         mode="eval", pin=pin, rank=rank, world=world, even=False)
+                                         mode="eval", pin=pin, rank=rank, world=world, even=False,
+                                         defer_device=pin)
     return train_src, evals
 
 
-def _sampled_store(cfg: TrainConfig, ds: Dataset, mode: str) -> FeatureStore:
+def _sampled_store(cfg: TrainConfig, ds: Dataset, mode: str, device: torch.device) -> FeatureStore:
     if mode == "memory":
         return MemoryStore.of(ds)
     if mode == "mmap":
         return MmapStore.of(ds)
-    return _online_store(cfg, ds)
+    return _online_store(cfg, ds, device)
 
 
-def _online_store(cfg: TrainConfig, ds: Dataset) -> TieredStore:
+def _online_store(cfg: TrainConfig, ds: Dataset, device: torch.device) -> TieredStore:
     """Online mode: a device cache of the highest in-degree rows (no plan to rank them by), then a
     SIEVE host cache in front of direct disk reads."""
     row_bytes = ds.feature_row_bytes
@@ -254,7 +258,7 @@ def _online_store(cfg: TrainConfig, ds: Dataset) -> TieredStore:
     degree = np.diff(np.asarray(ds.indptr, dtype=np.int64))
     (hot,) = place_by_hotness(degree, [rows_for_budget(dev_bytes, row_bytes)])
     direct = DirectStore.of(ds)
-    device_cache = RowCache.filled("device", hot, direct)
+    device_cache = RowCache.filled("device", hot, direct, device=device)
     host = SieveCache(rows_for_budget(host_bytes, row_bytes), ds.feature_dim or 0,
                       torch_dtype(ds.feature_dtype), direct)
     return TieredStore([device_cache], host)
@@ -316,7 +320,7 @@ class OfflineEpochs:
 
 
 def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, run: Path, first_epoch: int,
-             labels: np.ndarray, say: Say, rank: int, world: int, pin: bool = False) -> OfflineSource:
+             labels: np.ndarray, say: Say, rank: int, world: int, device: torch.device) -> OfflineSource:
     plan_name = "run-" + hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:12]
     if world > 1:
         # a plan per rank: no rank reads files another is writing or releasing, and it works
@@ -335,9 +339,10 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, run: Path,
 
     epochs = OfflineEpochs(ds, sampler, plan_spec, pack_spec, placement, range(first_epoch, cfg.epochs),
                            cfg.keep_epochs, say, segment_limit=_segment_limit(cfg))
-    store = build_tiered_store(ds, epochs.placement)
+    store = build_tiered_store(ds, epochs.placement, device=device)
+    cuda = device.type == "cuda"
     return OfflineSource(epochs, epochs.packed, labels, store, rank=rank, world=world, sampler=sampler,
-                         on_close=epochs.close, pin=pin)
+                         on_close=epochs.close, pin=cuda, defer_device=cuda)
 
 
 class FixedEpoch:
@@ -379,7 +384,7 @@ def _offline_eval(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, split
     fixed = FixedEpoch(planner.plan, pack_spec.name)
     # the buffers go back after each evaluation: training holds its own two meanwhile
     return OfflineSource(fixed, fixed.packed, labels, train_src.store, sampler=sampler, on_close=fixed.remove,
-                         hold_buffers=False, pin=pin, rank=rank, world=world, even=False)
+                         hold_buffers=False, pin=pin, rank=rank, world=world, even=False, defer_device=pin)
 
 
 def _planning_budget(cfg: TrainConfig) -> int:

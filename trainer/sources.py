@@ -35,6 +35,7 @@ from gnn_ooc.sampler.base import SampledSubgraph, SampleKey, Sampler
 from gnn_ooc.sampler.plan import epoch_order
 from gnn_ooc.trainer.base import torch_blocks
 from gnn_ooc.trainer.buffers import BatchBuffers
+from gnn_ooc.trainer.transfer import DeviceRows, split_device_rows
 
 Stage = tuple[str, Callable[[Any], Any]]
 KEPT_BUFFERS = 4  # free feature buffers kept: at depth d, d + 2 are in use (assembling, queued, in the step)
@@ -50,6 +51,7 @@ class TrainBatch:
     x: Any = None
     y: Any = None
     blocks: tuple[Any, ...] = ()
+    device_rows: DeviceRows | None = None  # rows the GPU cache adds after the copy (x holds the rest)
     _on_release: list[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -82,9 +84,11 @@ class BatchSource(ABC):
     mode = "custom"
 
     def __init__(self, labels: np.ndarray, *, rank: int = 0, world: int = 1, sampler: Sampler | None = None,
-                 pin: bool = False, even: bool = True) -> None:
+                 pin: bool = False, even: bool = True, defer_device: bool = False) -> None:
         self.labels = labels
         self.even = even
+        # the device cache's rows are left to the h2d stage (CUDA): they never cross PCIe
+        self.defer_device = defer_device
         self.pin = pin  # features into page-locked buffers (under CUDA: asynchronous copies to the GPU)
         self._buffers: BatchBuffers | None = None
         self.rank, self.world = rank, world
@@ -113,13 +117,23 @@ class BatchSource(ABC):
         batch.blocks = torch_blocks(batch.sub)
         return batch
 
-    def features_out(self, batch: TrainBatch, store: FeatureStore) -> Any:
-        """A reused [nodes, D] host tensor for ``batch``'s features, given back when it is released."""
+    def features_out(self, batch: TrainBatch, store: FeatureStore, rows: int) -> Any:
+        """A reused [rows, D] host tensor for ``batch``'s features, given back when it is released."""
         if self._buffers is None:
             self._buffers = BatchBuffers(store.dim, store.dtype, keep=KEPT_BUFFERS, pin=self.pin)
-        x, give_back = self._buffers.take(int(batch.sub.node.size))
+        x, give_back = self._buffers.take(int(rows))
         batch._on_release.append(give_back)
         return x
+
+    def host_nodes(self, batch: TrainBatch, store: FeatureStore) -> np.ndarray | None:
+        """Indices of ``batch``'s nodes the host assembles (None: all); with ``defer_device``, the
+        rows of ``store``'s device cache go to ``batch.device_rows`` instead."""
+        cache = next((c for c in getattr(store, "caches", ()) if c.tier == "device"), None)
+        if not self.defer_device or cache is None:
+            return None
+        host, batch.device_rows = split_device_rows(cache, batch.sub.node)
+        store.stats.add_hits(cache.tier, int(batch.device_rows.at.numel()), from_disk=False)
+        return host
 
     def drop_buffers(self) -> None:
         """Free the kept feature buffers (an evaluation source between evaluations)."""
@@ -144,8 +158,9 @@ class SampledSource(BatchSource):
 
     def __init__(self, seeds: np.ndarray, labels: np.ndarray, sampler: Sampler, store: FeatureStore, *,
                  batch_size: int, seed: int, mode: str = "online", rank: int = 0, world: int = 1,
-                 pin: bool = False, even: bool = True) -> None:
-        super().__init__(labels, rank=rank, world=world, sampler=sampler, pin=pin, even=even)
+                 pin: bool = False, even: bool = True, defer_device: bool = False) -> None:
+        super().__init__(labels, rank=rank, world=world, sampler=sampler, pin=pin, even=even,
+                         defer_device=defer_device)
         self.seeds = np.asarray(seeds, dtype=np.int64)
         self.store = store
         # a sampling stage runs in a thread: numba's parallel kernels only run on the main thread
@@ -170,7 +185,10 @@ class SampledSource(BatchSource):
     def _gather(self, batch: TrainBatch) -> TrainBatch:
         import torch
 
-        batch.x = self.store.gather(torch.from_numpy(batch.sub.node), out=self.features_out(batch, self.store))
+        node = batch.sub.node
+        host = self.host_nodes(batch, self.store)
+        ids = node if host is None else node[host]
+        batch.x = self.store.gather(torch.from_numpy(ids), out=self.features_out(batch, self.store, ids.size))
         return self.finish_batch(batch)
 
     def stats(self) -> dict[str, Any]:
@@ -229,8 +247,9 @@ class OfflineSource(BatchSource):
     def __init__(self, epochs: Any, packed: Callable[[int], Any], labels: np.ndarray, store: FeatureStore, *,
                  rank: int = 0, world: int = 1, sampler: Sampler | None = None,
                  on_close: Callable[[], None] | None = None, hold_buffers: bool = True, pin: bool = False,
-                 even: bool = True) -> None:
-        super().__init__(labels, rank=rank, world=world, sampler=sampler, pin=pin, even=even)
+                 even: bool = True, defer_device: bool = False) -> None:
+        super().__init__(labels, rank=rank, world=world, sampler=sampler, pin=pin, even=even,
+                         defer_device=defer_device)
         self._on_close = on_close
         self._hold_buffers = hold_buffers  # False: the two segment buffers are freed at each epoch's end
         self.epochs, self.packed_of, self.store = epochs, packed, store
@@ -296,11 +315,14 @@ class OfflineSource(BatchSource):
 
     def _assemble(self, item: tuple[TrainBatch, _Segment | None]) -> TrainBatch:
         batch, seg = item
-        out = self.features_out(batch, self.store)
-        if seg is None:
-            batch.x = assemble_batch(batch.sub.node, None, None, self.store, out)
-        else:
-            batch.x = assemble_batch(batch.sub.node, self._packed.positions(batch.index), seg.rows, self.store, out)
+        node = batch.sub.node
+        pos = None if seg is None else self._packed.positions(batch.index)
+        host = self.host_nodes(batch, self.store)
+        if host is not None:
+            node, pos = node[host], None if pos is None else pos[host]
+        out = self.features_out(batch, self.store, node.size)
+        batch.x = assemble_batch(node, pos, None if seg is None else seg.rows, self.store, out)
+        if seg is not None:
             seg.done()
         return self.finish_batch(batch)
 

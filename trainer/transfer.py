@@ -1,5 +1,9 @@
 """Host to device copies on a side CUDA stream: batch t+1 crosses PCIe while batch t computes.
 
+Rows held by the GPU cache never cross: the sources assemble only the other rows, compactly,
+into the host buffer (``split_device_rows``), and after the copy the stage scatters them and
+gathers the cached ones on the GPU (``place_device_rows``) to form the batch's feature matrix.
+
 The copy stage runs in its own pipeline thread. Its copies are asynchronous because the sources
 assemble features into page-locked buffers (``BatchSource(pin=True)``); it waits for its own copy
 event (in its thread, not the training loop's), gives the host buffers back to their pool, and
@@ -16,9 +20,50 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from gnn_ooc.capabilities import cuda_available
+
+
+@dataclass(frozen=True)
+class DeviceRows:
+    """A batch's rows in a device-resident cache, gathered there after the host rows are copied.
+
+    ``host_at``: where the host buffer's rows go (in order); ``at``: where the cached rows go;
+    ``slots``: their slots in ``cache`` (CPU int64 tensors); ``num_rows``: the batch's rows.
+    """
+
+    cache: Any
+    host_at: Any
+    at: Any
+    slots: Any
+    num_rows: int
+
+
+def split_device_rows(cache: Any, node: np.ndarray) -> tuple[np.ndarray, DeviceRows]:
+    """Which of ``node`` the host assembles (indices into ``node``) and which ``cache`` serves."""
+    import torch
+
+    slots = cache.lookup(torch.from_numpy(np.asarray(node, dtype=np.int64)))
+    held = slots >= 0
+    host = torch.nonzero(~held).flatten()
+    at = torch.nonzero(held).flatten()
+    return host.numpy(), DeviceRows(cache, host, at, slots[held], int(node.size))
+
+
+def place_device_rows(x_host: Any, rows: DeviceRows, device: Any) -> Any:
+    """The batch's [num_rows, D] features on ``device``: ``x_host`` (already there) scattered to
+    ``rows.host_at``, the cached rows gathered into ``rows.at``."""
+    import torch
+
+    x = torch.empty((rows.num_rows, x_host.shape[1]), dtype=x_host.dtype, device=device)
+    x.index_copy_(0, rows.host_at.to(device, non_blocking=True), x_host)
+    cached = rows.cache.rows.index_select(0, rows.slots.to(rows.cache.rows.device, non_blocking=True))
+    x.index_copy_(0, rows.at.to(device, non_blocking=True), cached.to(device, non_blocking=True))
+    return x
 
 
 class DeviceTransfer:
@@ -39,6 +84,8 @@ class DeviceTransfer:
 
         with torch.cuda.stream(self.stream):
             x = batch.x.to(self.device, non_blocking=True)
+            if batch.device_rows is not None:
+                x = place_device_rows(x, batch.device_rows, self.device)
             y = batch.y.to(self.device, non_blocking=True)
             blocks = tuple(b.to(self.device, non_blocking=True) for b in batch.blocks)
             done = torch.cuda.Event()
@@ -46,7 +93,7 @@ class DeviceTransfer:
         done.synchronize()  # the host buffers are free once the copy is done
         for t in _device_tensors(x, y, blocks):
             t.record_stream(self.compute)
-        batch.x, batch.y, batch.blocks = x, y, blocks
+        batch.x, batch.y, batch.blocks, batch.device_rows = x, y, blocks, None
         batch.release()
         return batch
 

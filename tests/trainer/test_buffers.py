@@ -48,14 +48,14 @@ def test_a_source_gathers_into_buffers_it_gets_back_on_release() -> None:
     seen = set()
     for n in (6, 5, 6, 5, 4, 6):  # the first is the largest: one buffer fits all
         b = _batch(n)
-        b.x = store.gather(torch.arange(n), out=src.features_out(b, store))
+        b.x = store.gather(torch.arange(n), out=src.features_out(b, store, n))
         assert torch.equal(b.x, store.gather(torch.arange(n)))
         seen.add(b.x.data_ptr())
         b.release()
     assert len(seen) == 1  # one buffer served every batch
     held = [_batch(5) for _ in range(KEPT_BUFFERS + 2)]
     for b in held:
-        src.features_out(b, store)
+        src.features_out(b, store, 5)
     for b in held:
         b.release()
     src.drop_buffers()
