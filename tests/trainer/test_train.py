@@ -90,13 +90,18 @@ def test_segments_fitted_to_the_budget_and_no_evaluation(dataset: Path, tmp_path
                      epochs=1), say=quiet)
 
 
-@pytest.mark.parametrize("mode", ["memory", "offline"])
-def test_exact_resume_mid_epoch(dataset: Path, tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize("mode, threads", [("memory", 1), ("offline", 1), ("memory", 2)])
+def test_exact_resume_mid_epoch(dataset: Path, tmp_path: Path, mode: str, threads: int) -> None:
+    """Bit for bit, with two threads too (the backward of ``x[src]`` once summed in a varying order)."""
+    kw: dict[str, Any] = {"mode": mode, "epochs": 3, "threads": threads}
+    if threads > 1:
+        kw.update(model="gcn", batch_size=512, hidden=128, fanouts="10,10")  # gathers with gradients, in parallel
     full = tmp_path / "full"
-    train(config(dataset, full, mode=mode, epochs=3), say=quiet)
+    train(config(dataset, full, **kw), say=quiet)
     part = tmp_path / "part"
-    train(config(dataset, part, mode=mode, epochs=3, max_steps=11, checkpoint_every=4), say=quiet)
-    assert len(steps(part)) == 11
+    train(config(dataset, part, max_steps=5 if threads > 1 else 11, checkpoint_every=2 if threads > 1 else 4, **kw),
+          say=quiet)
+    assert len(steps(part)) == (5 if threads > 1 else 11)
     resume(part, {"max_steps": 10**9}, say=quiet)
     a, b = steps(full), steps(part)
     assert [r["step"] for r in b] == list(range(1, len(a) + 1))
