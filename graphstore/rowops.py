@@ -57,8 +57,11 @@ def _words(t: Any) -> np.ndarray | None:
 
 
 def _fast_copy(src: Any, src_idx: Any, out: Any, dst_idx: Any) -> bool:
-    """The numba row copy where both tensors allow it; False where the torch ops must do it."""
+    """The numba row copy where both tensors allow it; False where the torch ops must do it
+    (among them a source sharing memory with ``out``: an in-place copy would read rows it wrote)."""
     if src.dtype != out.dtype or src.device != out.device:
+        return False
+    if src.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
         return False
     a, b = _words(src), _words(out)
     if a is None or b is None or a.shape[1] != b.shape[1]:

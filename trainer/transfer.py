@@ -75,6 +75,8 @@ class DeviceTransfer:
         if not cuda_available():
             raise RuntimeError("DeviceTransfer needs CUDA; on the CPU batches need no copy stage")
         self.device = torch.device(device)
+        if self.device.index is None:  # "cuda": the builder's current GPU (this rank's under DDP)
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.stream = torch.cuda.Stream(self.device)
         # captured in the thread that builds the stage: the stream the training step runs on
         self.compute = torch.cuda.current_stream(self.device)
@@ -82,13 +84,16 @@ class DeviceTransfer:
     def __call__(self, batch: Any) -> Any:
         import torch
 
+        # a new thread starts on GPU 0: without this, leaving the stream context would switch
+        # to it and make a context there for every rank of a node
+        torch.cuda.set_device(self.device)
         with torch.cuda.stream(self.stream):
             x = batch.x.to(self.device, non_blocking=True)
             if batch.device_rows is not None:
                 x = place_device_rows(x, batch.device_rows, self.device)
             y = batch.y.to(self.device, non_blocking=True)
             blocks = tuple(b.to(self.device, non_blocking=True) for b in batch.blocks)
-            done = torch.cuda.Event()
+            done = torch.cuda.Event(blocking=True)  # the wait sleeps instead of spinning a core
             done.record(self.stream)
         done.synchronize()  # the host buffers are free once the copy is done
         for t in _device_tensors(x, y, blocks):

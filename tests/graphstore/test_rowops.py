@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from graphstore.rowops import move_rows, put_rows
+from gnn_ooc.graphstore.rowops import move_rows, put_rows
 
 
 def _source(rows: int, width: int, dtype: torch.dtype) -> torch.Tensor:
@@ -62,3 +62,11 @@ def test_empty_index_is_a_no_op() -> None:
     out = torch.ones(3, 4)
     move_rows(torch.zeros(5, 4), torch.empty(0, dtype=torch.int64), out, torch.empty(0, dtype=torch.int64))
     assert torch.equal(out, torch.ones(3, 4))
+
+
+def test_rows_moved_within_one_tensor_match_indexing() -> None:
+    y = torch.arange(8.0).reshape(4, 2)
+    want = y.clone()
+    want[torch.tensor([1, 2, 3])] = want[torch.tensor([0, 1, 2])].clone()
+    move_rows(y, torch.tensor([0, 1, 2]), y, torch.tensor([1, 2, 3]))
+    assert torch.equal(y, want)
