@@ -35,10 +35,9 @@ import numpy as np
 from numba import njit, prange
 
 from gnn_ooc.graphstore.base import DATA_ALIGNMENT, FeatureStore, GnnOocError, InputError
-from gnn_ooc.graphstore.directio import open_read
+from gnn_ooc.graphstore.directio import PAGE, open_read
 from gnn_ooc.graphstore.uring import UringReader
 
-PAGE = 4096
 IO_BACKENDS = ("threads", "io_uring", "auto")
 QUEUE_DEPTH = 128
 

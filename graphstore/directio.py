@@ -28,7 +28,8 @@ import numpy as np
 
 from gnn_ooc.capabilities import o_direct_flag
 
-_ALIGN = 4096
+PAGE = 4096  # O_DIRECT's alignment of offsets, lengths and buffers (and the page size here)
+_ALIGN = PAGE
 _STAGING = 8 << 20
 
 

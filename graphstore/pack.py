@@ -56,7 +56,7 @@ from gnn_ooc.graphstore.base import (
     MemoryBudgetError,
 )
 from gnn_ooc.graphstore.dataset import check_file_size
-from gnn_ooc.graphstore.directio import open_read
+from gnn_ooc.graphstore.directio import PAGE, open_read
 from gnn_ooc.graphstore.npyfile import (
     NpyWriter,
     crc32_combine,
@@ -70,7 +70,6 @@ from gnn_ooc.graphstore.runstreams import SPARE, RunStreams, slot_bytes
 
 PACK_FORMAT = "gnn-ooc-pack"
 PACK_VERSION = 2  # 2: rows in order of first use (1: id order)
-PAGE = 4096
 CACHED, UNPACKED = -1, -2
 STAGE_LIMIT = 64 << 20  # staging of a pass's writes at most (larger slots buy no speed)
 

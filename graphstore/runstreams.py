@@ -35,15 +35,14 @@ import queue
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numba
 import numpy as np
 
-from gnn_ooc.graphstore.directio import _open, write_all
+from gnn_ooc.graphstore.directio import PAGE, _open, write_all
 from gnn_ooc.graphstore.npyfile import crc32_combine
+from gnn_ooc.graphstore.rowops import word_dtype
 
-PAGE = 4096
 MAX_SLOT = 4 << 20  # bytes per write at most: larger buys no speed on this disk
 WRITERS = 4         # O_DIRECT writes in flight (each blocks its thread until the device is done)
 SPARE = 2 * WRITERS  # buffers beyond one per run: the writes in flight and those queued for a writer
@@ -54,8 +53,8 @@ def _stage_rows(rows: np.ndarray, local: np.ndarray, run: np.ndarray, i: int, bu
                 cur: np.ndarray, fill: np.ndarray) -> int:
     """Copy rows ``local[i:]`` into their runs' current buffers; stop at the first that would overflow.
 
-    ``rows`` and ``bufs`` are views in the widest word the row size allows (a byte-wise copy ran
-    at 0.75 GB/s); ``fill`` counts bytes."""
+    ``rows`` and ``bufs`` are views in the widest word the row size allows (``word_dtype``);
+    ``fill`` counts bytes."""
     word, width, cap = rows.itemsize, rows.shape[1], bufs.shape[1]
     while i < local.size:
         g = run[i]
@@ -68,14 +67,6 @@ def _stage_rows(rows: np.ndarray, local: np.ndarray, run: np.ndarray, i: int, bu
         fill[g] += width * word
         i += 1
     return i
-
-
-def _word(row_bytes: int) -> np.dtype[Any]:
-    """The widest unsigned word dividing a row (buffers and run starts are then aligned to it too)."""
-    for dtype in (np.uint64, np.uint32, np.uint16):
-        if row_bytes % np.dtype(dtype).itemsize == 0:
-            return np.dtype(dtype)
-    return np.dtype(np.uint8)
 
 
 def slot_bytes(runs: int, row_bytes: int, budget: int) -> int:
@@ -94,9 +85,8 @@ class RunStreams:
     """
 
     def __init__(self, paths: list[Path], headers: list[bytes], sizes: list[int], *, run_file: np.ndarray,
-                 run_start: np.ndarray, run_end: np.ndarray, row_bytes: int, stage_budget: int = 32 << 20,
-                 checksum: bool = True) -> None:
-        self.paths, self.sizes, self.row_bytes, self.checksum = paths, sizes, row_bytes, checksum
+                 run_start: np.ndarray, run_end: np.ndarray, row_bytes: int, stage_budget: int = 32 << 20) -> None:
+        self.paths, self.sizes, self.row_bytes = paths, sizes, row_bytes
         self.run_file = np.asarray(run_file, np.int64)
         self.run_start = np.asarray(run_start, np.int64)
         self.run_end = np.asarray(run_end, np.int64)
@@ -104,7 +94,7 @@ class RunStreams:
         cap = slot_bytes(runs, row_bytes, stage_budget)
         self._map = mmap.mmap(-1, (runs + SPARE) * cap)  # page-aligned: O_DIRECT needs it
         self._bufs = np.frombuffer(self._map, np.uint8).reshape(runs + SPARE, cap)
-        self._word = _word(row_bytes)
+        self._word = word_dtype(row_bytes)  # buffers and run starts are aligned to it too
         self._words = self._bufs.view(self._word)
         self.cur = np.arange(runs, dtype=np.int64)         # the buffer each run fills
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -157,7 +147,7 @@ class RunStreams:
 
     def _write(self, g: int, buf: int, lo: int, hi: int, at: int, last: bool, before: Future[int] | None) -> int:
         """Write buffer bytes ``lo..hi`` at file offset ``at + lo``, give the buffer back; returns the
-        run's CRC-32 so far (0 without ``checksum``).
+        run's CRC-32 so far.
 
         The CRC goes on from the run's previous write (submitted earlier, so already taken by a
         writer thread: waiting for it cannot deadlock; combining CRCs instead cost a minute a pass).
@@ -170,7 +160,7 @@ class RunStreams:
             write_all(lambda v: os.pwrite(plain, v, at + split - len(v)), view[lo:split])
             write_all(lambda v: os.pwrite(direct, v, at + hi - len(v)), view[split:hi])
             prior = before.result() if before is not None else 0
-            return zlib.crc32(view[lo:hi], prior) if self.checksum else 0
+            return zlib.crc32(view[lo:hi], prior)
         except BaseException as exc:
             self._failed = exc
             raise
