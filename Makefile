@@ -1,5 +1,5 @@
 # One command sets everything up and runs the demo; one sets up and runs the tests.
-#   make demo    venv + install + synth -> preprocess -> info -> verify -> sample (plan) -> train (plan, pack, train, report)
+#   make demo    venv + install + synth -> preprocess -> info -> verify -> sample (plan) -> train on that plan (pack, train, report)
 #   make test    venv + install + the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.gnn-ooc-installed
 DEMO   ?= demo
 
-.PHONY: setup demo test typecheck lint bench-preprocess bench-sampler bench-features bench-train clean
+.PHONY: setup demo test typecheck lint bench-preprocess bench-sampler bench-features bench-train bench-integrity clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,10 @@ demo: setup
 	$(BIN)/gnn-ooc preprocess $(DEMO)/raw -o $(DEMO)/dataset --undirected --dedup --memory-budget 256M
 	$(BIN)/gnn-ooc info $(DEMO)/dataset
 	$(BIN)/gnn-ooc verify $(DEMO)/dataset
-	$(BIN)/gnn-ooc sample $(DEMO)/dataset --fanouts 15,10,5 --batch-size 1024 --epochs 2 --keep-epochs 2 --seed 0 --name demo --force
+	$(BIN)/gnn-ooc sample $(DEMO)/dataset --fanouts 10,5 --batch-size 1024 --epochs 3 --seed 0 --name demo --force --no-progress
 	rm -rf $(DEMO)/run
-	$(BIN)/gnn-ooc train $(DEMO)/dataset --epochs 3 --fanouts 10,5 --batch-size 1024 --hidden 128 --memory-budget 64M --out $(DEMO)/run --no-progress
+	$(BIN)/gnn-ooc train $(DEMO)/dataset --plan demo --epochs 3 --hidden 128 --memory-budget 64M --out $(DEMO)/run --no-progress
+	$(BIN)/gnn-ooc info $(DEMO)/dataset
 	@echo "demo dataset: $(abspath $(DEMO)/dataset)"
 	@echo "demo run (metrics, checkpoints, summary.json): $(abspath $(DEMO)/run)"
 
@@ -47,6 +48,9 @@ bench-sampler: setup
 
 bench-features: setup
 	$(BIN)/python -m gnn_ooc.tools.bench_features
+
+bench-integrity: setup
+	$(BIN)/python -m gnn_ooc.tools.bench_integrity
 
 bench-train: setup
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'

@@ -22,7 +22,14 @@ import numpy as np
 import pyarrow as pa
 
 from gnn_ooc.graphstore.base import SPLIT_NAMES, InputError
-from gnn_ooc.graphstore.sources import _PARQUET_BUFFER, _first_line, _is_number, _short
+from gnn_ooc.graphstore.sources import (
+    _PARQUET_BUFFER,
+    _first_line,
+    _is_number,
+    _short,
+    first_cast_failure,
+    locate_csv_problem,
+)
 
 _SPLIT_SUFFIXES = (".npy", ".csv.gz", ".csv", ".txt", ".parquet")
 _SPLIT_ALIASES = {"valid": ("valid", "val", "validation"), "train": ("train",), "test": ("test",)}
@@ -43,10 +50,23 @@ class RowSource(ABC):
         except InputError:
             raise
         except (pa.ArrowException, OSError, ValueError, EOFError, gzip.BadGzipFile) as e:
+            located = self._locate_failure() if isinstance(e, pa.ArrowInvalid) else None
+            if located is not None:
+                raise located from e
             raise InputError(self.path, f"cannot be read ({_short(e)})", expected="a complete, readable file") from e
 
     @abstractmethod
     def _blocks(self, max_rows: int) -> Iterator[tuple[int, np.ndarray]]: ...
+
+    def _locate_failure(self) -> InputError | None:
+        """After a parse failure: an error naming the bad row, when the format allows finding it."""
+        return None
+
+    def count_rows(self) -> int:
+        """The row count, reading the file if its format does not record it (a slow path)."""
+        if self.num_rows is None:
+            self.num_rows = sum(len(b) for _, b in self.blocks(1 << 20))
+        return self.num_rows
 
 
 class NpyRows(RowSource):
@@ -142,15 +162,43 @@ class CsvRows(RowSource):
             for batch in r:
                 if batch.num_rows == 0:
                     continue
-                arrays = [_csv_column(self.path, batch.column(i), row) for i in range(batch.num_columns)]
+                arrays = [self._column(batch, i, row) for i in range(batch.num_columns)]
                 yield row, arrays[0] if self.dim is None else np.stack(arrays, axis=1)
                 row += batch.num_rows
         self.num_rows = row
+
+    def _column(self, batch: pa.RecordBatch, i: int, row: int) -> np.ndarray:
+        col = batch.column(i)
+        if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_null(col.type):
+            if col.null_count and pa.types.is_integer(col.type):
+                col = col.cast(pa.float64())
+            return np.asarray(col.to_numpy(zero_copy_only=False))
+        at = first_cast_failure(col, pa.float64()) if pa.types.is_string(col.type) else None
+        if at is None:
+            raise InputError(self.path, f"column {i} holds {col.type} values", expected="numbers", row=row)
+        raise self._bad_value(i, row + at, col[at].as_py())
+
+    def _bad_value(self, column: int, row: int, token: str) -> InputError:
+        return InputError(self.path, f"column {column} value {token[:80]!r} is not a number", expected="numbers",
+                          row=row)
+
+    def _locate_failure(self) -> InputError | None:
+        problem = locate_csv_problem(self.path, ",", self.has_header, None, pa.float64(), nulls_ok=True)
+        if problem is None:
+            return None
+        if problem.fields is not None:
+            return problem.field_count_error(self.path)
+        names = [f.strip() for f in _first_line(self.path).split(",")]
+        column = names.index(problem.column) if self.has_header and problem.column in names else \
+            int(str(problem.column).lstrip("f") or 0)
+        return self._bad_value(column, problem.row, problem.token or "")
 
 
 def open_rows(path: str | os.PathLike[str], column: str | None = None) -> RowSource:
     """A row reader chosen by file name."""
     p = Path(path)
+    if p.is_dir():
+        raise InputError(p, "is a folder", expected="a file of per-node rows")
     if not p.is_file():
         raise InputError(p, "does not exist", expected="a file of per-node rows")
     name = p.name.lower()
@@ -171,8 +219,11 @@ def find_split_files(split_dir: Path) -> dict[str, Path]:
     for name in SPLIT_NAMES:
         for alias in _SPLIT_ALIASES[name]:
             for suffix in _SPLIT_SUFFIXES:
-                if (split_dir / f"{alias}{suffix}").is_file() and name not in found:
-                    found[name] = split_dir / f"{alias}{suffix}"
+                candidate = split_dir / f"{alias}{suffix}"
+                if candidate.is_dir():
+                    raise InputError(candidate, "is a folder", expected="a split file of node ids or a boolean mask")
+                if candidate.is_file() and name not in found:
+                    found[name] = candidate
     if not found:
         raise InputError(split_dir, "holds no train/valid/test files", expected=f"files like train.npy ({', '.join(_SPLIT_SUFFIXES)})")
     return found
@@ -180,19 +231,37 @@ def find_split_files(split_dir: Path) -> dict[str, Path]:
 
 def read_split(path: Path) -> np.ndarray:
     """All ids of one split file as int64 (a boolean mask becomes the ids where it is true)."""
+    return read_split_ids(path)[0]
+
+
+def read_split_ids(path: Path) -> tuple[np.ndarray, int | None]:
+    """``read_split``, and the row count of a boolean mask (None for an id list): a mask must have
+    one row per node, which only the caller knows."""
+    if not path.is_file():
+        raise InputError(path, "is not a file", expected="a split file of node ids or a boolean mask")
     blocks = [b for _, b in open_rows(path).blocks(1 << 22)]
-    arr = np.concatenate(blocks) if blocks else np.empty(0, dtype=np.int64)
+    arr: np.ndarray = np.concatenate(blocks) if blocks else np.empty(0, dtype=np.int64)
+    if arr.ndim == 2 and arr.shape[-1] == 1:  # a one-column CSV or an [N, 1] array
+        arr = arr.reshape(-1)
     if arr.ndim != 1:
         raise InputError(path, f"array of shape {arr.shape}", expected="a 1-D list of node ids")
     if arr.dtype == np.bool_:
-        return np.flatnonzero(arr).astype(np.int64)
+        return np.flatnonzero(arr).astype(np.int64), int(arr.shape[0])
+    return _split_id_values(path, arr), None
+
+
+def _split_id_values(path: Path, arr: np.ndarray) -> np.ndarray:
     if arr.dtype.kind == "f":
-        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        # Beyond 2**63 the cast to int64 would wrap: such a value is no node id either.
+        bad = ~np.isfinite(arr) | (arr != np.round(arr)) | (np.abs(arr) >= 2.0**63)
         if bad.any():
             i = int(np.argmax(bad))
             raise InputError(path, f"value {float(arr[i])} is not a node id", expected="integer node ids", row=i)
     elif arr.dtype.kind not in "iu":
         raise InputError(path, f"values of type {arr.dtype}", expected="integer node ids")
+    elif arr.dtype == np.uint64 and arr.size and int(arr.max()) >= 2**63:
+        i = int(np.argmax(arr >= np.uint64(2**63)))
+        raise InputError(path, f"value {int(arr[i])} is not a node id", expected="node ids below 2**63", row=i)
     return arr.astype(np.int64)
 
 
@@ -228,11 +297,3 @@ def _list_to_numpy(path: Path, col: Any, row: int) -> np.ndarray:
             raise InputError(path, f"feature row has {int(lengths[i])} values", expected=f"{width} like the first row", row=row + i)
     values = col.flatten().to_numpy(zero_copy_only=False)
     return values.reshape(len(col), width)
-
-
-def _csv_column(path: Path, col: Any, row: int) -> np.ndarray:
-    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_null(col.type)):
-        raise InputError(path, f"non-numeric values ({col.type})", expected="numbers", row=row)
-    if col.null_count and pa.types.is_integer(col.type):
-        col = col.cast(pa.float64())
-    return np.asarray(col.to_numpy(zero_copy_only=False))

@@ -38,7 +38,10 @@ NAN_POLICIES = ("error", "zero")
 
 
 class GnnOocError(Exception):
-    """Base class of every error gnn-ooc raises on purpose."""
+    """Base class of every error gnn-ooc raises on purpose; ``exit_code`` is the command line's:
+    1 for bad or damaged data, 2 for bad flags or settings (the subclasses that are say so)."""
+
+    exit_code = 1
 
 
 class InputError(GnnOocError, ValueError):
@@ -80,6 +83,20 @@ class ChecksumError(DatasetError):
 
 class MemoryBudgetError(GnnOocError):
     """The work cannot be done within the memory budget it was given."""
+
+    exit_code = 2
+
+
+class OutputError(GnnOocError):
+    """An output path gnn-ooc refuses to write: a folder it did not create, or one inside or
+    above an input (the message names the path and what to do)."""
+
+    exit_code = 2
+
+
+class DiskSpaceError(GnnOocError):
+    """The output's filesystem has less free space than the work needs (checked before writing,
+    or hit while writing)."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +197,8 @@ class PreprocessSpec:
     tmp_dir: Path | None = None
     force: bool = False
     threads: int | None = None
+    #: the raw-layout (or OGB) folder the inputs were found in: an output may not lie inside it
+    source_dir: Path | None = None
 
     def options(self) -> dict[str, Any]:
         """The settings that shape the output (part of the fingerprint)."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, NoReturn
 
 import numba
 import numpy as np
@@ -36,6 +36,9 @@ _INT32_MAX = np.iinfo(np.int32).max
 _MIN_BUDGET = 1 << 20
 _BUCKET_EDGES = 1 << 21
 _MAX_BUCKETS = 4096
+# Ranges are widened once the largest id needs this many times the buckets the first chunk's ids
+# suggested (a margin, so that ids growing through the file do not rewrite the buckets each time).
+_COARSEN_FACTOR = 16
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ class CscBuilder:
             self._shift = self._choose_shift(nodes)
         if self.id_bound is not None and self.max_id >= self.id_bound:
             raise ValueError(f"node id {self.max_id} >= the announced bound {self.id_bound}")
+        if self.id_bound is None:
+            self._maybe_coarsen()
         num_buckets = (self.max_id >> self._shift) + 1
         sample = np.empty(0, dtype=self.rec_dtype)
         offsets, rec = partition_edges(
@@ -156,28 +161,80 @@ class CscBuilder:
     def spill(self) -> None:
         """Append every buffered bucket to its scratch file and free the buffers."""
         for b, parts in self._buffers.items():
-            with open(self._bucket_path(b), "ab", buffering=0) as f:
-                for part in parts:
-                    write_all(f.write, np.ascontiguousarray(part).reshape(-1).data.cast("B"))
-                    self.spilled_bytes += part.nbytes
+            for part in parts:
+                _append(self._bucket_path(b), part)
+                self.spilled_bytes += part.nbytes
             self._spilled.add(b)
         self._buffers.clear()
         self._buffered = 0
+
+    # --- widening the ranges (node count unknown) -------------------------------------------
+    def _maybe_coarsen(self) -> None:
+        # Without a node count the ranges were sized from the first chunk's ids. Far larger ids
+        # later would make every chunk's bucket counters grow with the largest id (a MemoryError
+        # for ids near 2**63), so the ranges are widened to what those ids call for instead.
+        assert self._shift is not None
+        target = max(self._choose_shift(2 * (self.max_id + 1)), self._counter_shift())
+        if target <= self._shift:
+            return
+        if (self.max_id >> self._shift) + 1 > _COARSEN_FACTOR * ((self.max_id >> target) + 1):
+            self._coarsen(target)
+
+    def _counter_shift(self) -> int:
+        """The narrowest ranges whose per-chunk counters (8 B per bucket and thread) fit in an
+        eighth of the budget. Wider than a sort can take at once only for ids far beyond the
+        budget; ``finish`` then splits those ranges again."""
+        limit = max(1, self.budget // (64 * self._parts))
+        return max(0, min(62, int(self.max_id // limit).bit_length()))
+
+    def _coarsen(self, shift: int) -> None:
+        """Merge each run of 2**(shift - old shift) buckets into one; records keep their sources
+        and get their destination offset within the wider range (order within a bucket is free:
+        the sort orders every destination's sources in full)."""
+        assert self._shift is not None
+        k, old = shift - self._shift, self._shift
+        buffers: dict[int, list[np.ndarray]] = {}
+        for b, parts in self._buffers.items():
+            offset = (b & ((1 << k) - 1)) << old
+            for part in parts:
+                if offset:
+                    part[:, 0] += offset
+                buffers.setdefault(b >> k, []).append(part)
+        self._buffers = buffers
+        self._coarsen_spilled(k, old)
+        self._shift = shift
+
+    def _coarsen_spilled(self, k: int, old: int) -> None:
+        moved = {}
+        for b in sorted(self._spilled):
+            moved[b] = self._bucket_path(b, level="-old")
+            self._bucket_path(b).rename(moved[b])
+        self._spilled = set()
+        rows = max(1, self.budget // (32 * self.rec_dtype.itemsize))
+        for b, path in moved.items():
+            offset = (b & ((1 << k) - 1)) << old
+            for block in self._chunks([path], rows):
+                if offset:
+                    block[:, 0] += offset
+                _append(self._bucket_path(b >> k), block)
+                self.spilled_bytes += block.nbytes
+            self._spilled.add(b >> k)
 
     def _bucket_path(self, b: int, level: str = "") -> Path:
         return self.scratch / f"bucket{level}-{b:08d}.bin"
 
     # --- sort -----------------------------------------------------------------------------
-    def finish(self, indptr: NpyWriter, indices: NpyWriter) -> CscStats:
-        """Sort every bucket into CSC, writing ``indptr`` [N+1] and ``indices`` [E] in order."""
-        ptr_out, idx_out = WriteBehind(indptr), WriteBehind(indices)
+    def finish(self, indptr: NpyWriter, indices: NpyWriter, on_range: Callable[[int], Any] | None = None) -> CscStats:
+        """Sort every bucket into CSC, writing ``indptr`` [N+1] and ``indices`` [E] in order
+        (``on_range(1)`` after each destination range, for a progress bar)."""
+        ptr_out, idx_out = _Named(WriteBehind(indptr), indptr.path), _Named(WriteBehind(indices), indices.path)
         try:
-            return self._finish(ptr_out, idx_out)
+            return self._finish(ptr_out, idx_out, on_range)
         finally:
             ptr_out.drain()
             idx_out.drain()
 
-    def _finish(self, indptr: WriteBehind, indices: WriteBehind) -> CscStats:
+    def _finish(self, indptr: _Named, indices: _Named, on_range: Callable[[int], Any] | None = None) -> CscStats:
         n = self.num_nodes if self.num_nodes is not None else self.max_id + 1
         if self.max_id >= n:
             raise ValueError(f"node id {self.max_id} >= num_nodes {n}")
@@ -190,6 +247,8 @@ class CscBuilder:
             lo = b << shift
             width = min(1 << shift, n - lo)
             self._emit_range(self._take_bucket(b), width, indptr, indices)
+            if on_range is not None:
+                on_range(1)
         self._buffers.clear()
         return CscStats(n, self._written, self.edges_in, num_buckets, self.spilled_bytes, self.resplits)
 
@@ -205,7 +264,7 @@ class CscBuilder:
         return int(part.shape[0])
 
     def _emit_range(
-        self, parts: list[Path | np.ndarray], width: int, indptr: WriteBehind, indices: WriteBehind
+        self, parts: list[Path | np.ndarray], width: int, indptr: _Named, indices: _Named
     ) -> None:
         m = sum(self._rows(p) for p in parts)
         if m > self._sort_capacity(width):
@@ -252,8 +311,8 @@ class CscBuilder:
         parts: list[Path | np.ndarray],
         m: int,
         width: int,
-        indptr: WriteBehind,
-        indices: WriteBehind,
+        indptr: _Named,
+        indices: _Named,
     ) -> None:
         # Stream the oversized range into 2..64 finer ranges on disk, then sort each in order.
         self.resplits += 1
@@ -268,8 +327,7 @@ class CscBuilder:
                 chunk[:, 1], chunk[:, 0], sub_shift, count, False, False, chunk[:0, 0], self._parts
             )
             for s in np.flatnonzero(np.diff(offsets)).tolist():
-                with open(paths[s], "ab", buffering=0) as f:
-                    write_all(f.write, rec[offsets[s] : offsets[s + 1]].reshape(-1).data.cast("B"))
+                _append(paths[s], rec[offsets[s] : offsets[s + 1]])
                 self.spilled_bytes += int(offsets[s + 1] - offsets[s]) * 2 * self.rec_dtype.itemsize
         parts.clear()
         for s in range(count):
@@ -277,3 +335,38 @@ class CscBuilder:
             sub_width = min(1 << sub_shift, width - (s << sub_shift))
             self._emit_range(sub_parts, sub_width, indptr, indices)
 
+
+def _append(path: Path, rec: np.ndarray) -> None:
+    """Append records to a scratch file; a failed write names the file (``os.write`` errors do not)."""
+    try:
+        with open(path, "ab", buffering=0) as f:
+            write_all(f.write, np.ascontiguousarray(rec).reshape(-1).data.cast("B"))
+    except OSError as e:
+        raise_named(e, path)
+
+
+def raise_named(e: OSError, path: Path) -> NoReturn:
+    """Re-raise ``e`` with ``path`` as its file name when it has none (errno kept, so callers can
+    still tell a full disk); call it in an ``except`` block."""
+    if e.filename is not None:
+        raise e
+    raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+
+
+class _Named:
+    """A ``WriteBehind`` whose failed writes name its file."""
+
+    def __init__(self, inner: WriteBehind, path: Path) -> None:
+        self.inner, self.path = inner, path
+
+    def write(self, rows: np.ndarray) -> None:
+        try:
+            self.inner.write(rows)
+        except OSError as e:
+            raise_named(e, self.path)
+
+    def drain(self) -> None:
+        try:
+            self.inner.drain()
+        except OSError as e:
+            raise_named(e, self.path)

@@ -89,6 +89,14 @@ class Dataset:
     def has(self, key: str) -> bool:
         return key in self.manifest.files
 
+    def identity(self) -> str:
+        """A digest of every file's name, size and checksum: two datasets with the same identity
+        hold the same bytes (a run records it and refuses to resume on another)."""
+        import hashlib
+
+        items = sorted(f"{k}:{e.name}:{e.size}:{e.checksum}" for k, e in self.manifest.files.items())
+        return hashlib.sha256("\n".join([str(self.num_nodes), *items]).encode()).hexdigest()[:32]
+
     # --- arrays ---------------------------------------------------------------------------
     @functools.cached_property
     def indptr(self) -> np.ndarray:
@@ -133,7 +141,9 @@ class Dataset:
         try:
             return self.splits[name]
         except KeyError:
-            raise KeyError(f"{self.path}: no split {name!r}; have {sorted(self.splits)}") from None
+            have = ", ".join(sorted(self.splits)) or "none"
+            raise DatasetError(f"{self.path}: no split {name!r} (the dataset has: {have}); choose one of them "
+                               "or preprocess with that split") from None
 
     @functools.cached_property
     def original_ids(self) -> Any:

@@ -57,6 +57,7 @@ from gnn_ooc.graphstore.base import (
 )
 from gnn_ooc.graphstore.dataset import check_file_size
 from gnn_ooc.graphstore.directio import PAGE, open_read
+from gnn_ooc.graphstore.integrity import REBUILD, verify_entry
 from gnn_ooc.graphstore.npyfile import (
     NpyWriter,
     crc32_combine,
@@ -65,8 +66,11 @@ from gnn_ooc.graphstore.npyfile import (
     npy_header,
     write_bytes_entry,
 )
+from gnn_ooc.graphstore.owned import check_name
 from gnn_ooc.graphstore.rowops import move_rows
 from gnn_ooc.graphstore.runstreams import SPARE, RunStreams, slot_bytes
+from gnn_ooc.progress import NoBar, bar
+from gnn_ooc.units import format_size
 
 PACK_FORMAT = "gnn-ooc-pack"
 PACK_VERSION = 2  # 2: rows in order of first use (1: id order)
@@ -89,6 +93,13 @@ class PackSpec:
     pack_budget: int | None = None
     read_chunk: int = 8 << 20
     max_open_segments: int = 256
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "pack")
+        if self.segment_batches < 1:
+            raise ValueError(f"segment_batches {self.segment_batches}: expected >= 1 batches per segment")
+        if self.pack_budget is not None and self.pack_budget < 0:
+            raise ValueError(f"pack_budget {self.pack_budget}: expected >= 0 bytes")
 
     def identity(self) -> dict[str, Any]:
         """The settings an existing pack must match to be kept."""
@@ -168,7 +179,7 @@ def plan_segments(epoch_plan: Any, cached_ids: np.ndarray, segment_batches: int)
 class _FeatureFile:
     """Sequential aligned reads of a feature ``.npy`` (O_DIRECT where the filesystem allows)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, checksum: str | None = None) -> None:
         arr = np.load(path, mmap_mode="r")
         if arr.ndim != 2 or not arr.flags.c_contiguous or not isinstance(arr, np.memmap) or arr.offset % PAGE:
             raise DatasetError(f"{path}: not an aligned row-major 2-D feature .npy")
@@ -178,6 +189,10 @@ class _FeatureFile:
         del arr
         self.fd, _direct = open_read(path)
         self.bytes_read = 0
+        # every pass reads every row: it checks the file's CRC-32 on the way, at no extra read
+        self.checksum = checksum
+        self._head_crc = zlib.crc32(_pread_exact(path, self.fd, self.offset)) if checksum else 0
+        self.size = os.fstat(self.fd).st_size
 
     def chunks(self, chunk_bytes: int) -> Any:
         """Yield (first row, rows, bytes of those rows) covering the file in order.
@@ -191,6 +206,7 @@ class _FeatureFile:
         size = _round_up(rows_per * self.row_bytes + 2 * PAGE)
         bufs = [mmap.mmap(-1, size), mmap.mmap(-1, size)]
         starts = list(range(0, self.rows, rows_per))
+        self._crc = self._head_crc
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(self._read_chunk, bufs[0], starts[0], rows_per) if starts else None
             for i in range(len(starts)):
@@ -199,6 +215,18 @@ class _FeatureFile:
                 if i + 1 < len(starts):  # the other buffer: the caller is done with it
                     pending = pool.submit(self._read_chunk, bufs[(i + 1) % 2], starts[i + 1], rows_per)
                 yield chunk
+        self._check_pass()
+
+    def _check_pass(self) -> None:
+        if self.checksum is None:
+            return
+        crc = self._crc
+        tail = self.size - self.offset - self.rows * self.row_bytes
+        if tail > 0:  # bytes after the rows are part of the file's checksum too
+            crc = zlib.crc32(_pread_exact(self.path, self.fd, tail, self.offset + self.rows * self.row_bytes), crc)
+        if format_checksum(crc) != self.checksum:
+            raise ChecksumError(self.path, f"checksum {format_checksum(crc)} differs from the manifest's "
+                                           f"{self.checksum} (read while packing); {REBUILD}")
 
     def _read_chunk(self, buf: mmap.mmap, r0: int, rows_per: int) -> tuple[int, int, np.ndarray]:
         r1 = min(self.rows, r0 + rows_per)
@@ -211,7 +239,10 @@ class _FeatureFile:
                                            f"{start - lo + (r1 - r0) * self.row_bytes} B (truncated?)")
         self.bytes_read += got
         view = np.frombuffer(buf, np.uint8)
-        return r0, r1, view[start - lo : start - lo + (r1 - r0) * self.row_bytes]
+        rows = view[start - lo : start - lo + (r1 - r0) * self.row_bytes]
+        if self.checksum is not None:  # chunks are read one at a time, in order
+            self._crc = zlib.crc32(rows.data, self._crc)
+        return r0, r1, rows
 
     def close(self) -> None:
         os.close(self.fd)
@@ -221,8 +252,24 @@ def _round_up(n: int) -> int:
     return (n + PAGE - 1) // PAGE * PAGE
 
 
+def _pread_exact(path: Path, fd: int, nbytes: int, at: int = 0) -> bytes:
+    """``nbytes`` at byte ``at`` of a file that may be open with O_DIRECT (read through a plain
+    descriptor: small unaligned reads)."""
+    with open(path, "rb", buffering=0) as f:
+        f.seek(at)
+        data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise ChecksumError(path, f"ends before byte {at + nbytes} (truncated?); {REBUILD}")
+    return data
+
+
+def _pass_bar(title: str | None, passes: int, feat: _FeatureFile) -> Any:
+    return bar(feat.rows * feat.row_bytes, f"{title} (pass {passes + 1})", enabled=title is not None,
+               unit="B", scale=True)
+
+
 def _stream_group(feat: _FeatureFile, group: list[tuple[int, _Segment]], out: Path, chunk: int,
-                  stage_budget: int) -> dict[int, FileEntry]:
+                  stage_budget: int, shown: Any = None) -> dict[int, FileEntry]:
     """One sequential pass over the feature file appending each packed segment's rows to its runs."""
     rb = feat.row_bytes
     shapes = [(int(seg.ids.size), feat.dim) for _, seg in group]
@@ -235,15 +282,19 @@ def _stream_group(feat: _FeatureFile, group: list[tuple[int, _Segment]], out: Pa
                          run_file=np.repeat(np.arange(len(segs)), [seg.batches for seg in segs]),
                          run_start=np.concatenate([DATA_ALIGNMENT + seg.runs[:-1] * rb for seg in segs]),
                          run_end=np.concatenate([DATA_ALIGNMENT + seg.runs[1:] * rb for seg in segs]))
+    shown = shown if shown is not None else NoBar()
     try:
         for r0, r1, raw in feat.chunks(chunk):
             local, runs = _chunk_rows(segs, bases, r0, r1)
             if local.size:
                 streams.stage(raw.reshape(r1 - r0, rb), local, runs)
+            shown.update((r1 - r0) * rb)
         crcs = streams.close()
     except BaseException:
         streams.abort()
         raise
+    finally:
+        shown.close()
     return {k: FileEntry(str(path.relative_to(out)), size,
                          format_checksum(crc32_combine(zlib.crc32(header), crc, size - len(header))),
                          str(feat.dtype), shape)
@@ -292,14 +343,19 @@ def fit_segment_batches(epoch_plan: Any, row_bytes: int, limit: int, most: int =
             return count
     need = int(rows.max()) * row_bytes
     raise MemoryBudgetError(
-        f"{getattr(epoch_plan, 'path', 'the plan')}: a batch holds up to {need >> 20} MiB of feature rows, more "
-        f"than one segment buffer may take ({limit >> 20} MiB): raise the memory budget or lower the batch size")
+        f"{getattr(epoch_plan, 'path', 'the plan')}: a batch holds up to {format_size(need)} of feature rows, more "
+        f"than one segment buffer may take ({format_size(limit)}): raise the memory budget or lower the batch size")
 
 
 # --- packing an epoch ------------------------------------------------------------------------------
 def pack_epoch(plan: Any, epoch: int, cached_ids: np.ndarray, features_path: str | os.PathLike[str],
-               spec: PackSpec = PackSpec(), *, progress: Any = None) -> PackStats:
-    """Pack epoch ``epoch`` of ``plan`` (atomically; an existing pack for the same caches is kept)."""
+               spec: PackSpec = PackSpec(), *, progress: Any = None, features_checksum: str | None = None,
+               bars: bool = False) -> PackStats:
+    """Pack epoch ``epoch`` of ``plan`` (atomically; an existing pack for the same caches is kept).
+
+    With ``features_checksum`` (the manifest's), every pass over the feature file checks its
+    CRC-32 and a mismatch raises ``ChecksumError``: nothing is packed from damaged rows.
+    """
     t0 = time.perf_counter()
     root = plan.path / "packs" / spec.name
     target = root / f"epoch-{epoch:06d}"
@@ -309,10 +365,11 @@ def pack_epoch(plan: Any, epoch: int, cached_ids: np.ndarray, features_path: str
     if _pack_matches(target, digest, nodes_crc, spec):
         return PackStats(epoch, 0, 0, 0, 0, 0, 0, 0.0)
     segments = plan_segments(ep_plan, cached_ids, spec.segment_batches)
-    feat = _FeatureFile(Path(features_path))
+    feat = _FeatureFile(Path(features_path), features_checksum)
     try:
         with Staging(target, what="gnn-ooc pack") as stage:  # replaces an older pack of the epoch
-            stats = _write_pack(stage.path, plan, epoch, segments, feat, spec, digest, nodes_crc)
+            stats = _write_pack(stage.path, plan, epoch, segments, feat, spec, digest, nodes_crc,
+                                bar_title=f"packing epoch {epoch}" if bars else None)
             stage.publish()
     finally:
         feat.close()
@@ -333,7 +390,7 @@ def _pack_matches(target: Path, digest: str, nodes_crc: str, spec: PackSpec) -> 
 
 
 def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], feat: _FeatureFile,
-                spec: PackSpec, digest: str, nodes_crc: str) -> PackStats:
+                spec: PackSpec, digest: str, nodes_crc: str, bar_title: str | None = None) -> PackStats:
     """Segments planned a group at a time (their planning data within half the memory budget, the
     staging of their runs' writes within 3/8, two read chunks in the rest), each group packed by
     one sequential pass over the feature file."""
@@ -351,8 +408,8 @@ def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], 
             if 48 * seg.positions.size > spec.memory_budget or size > spec.memory_budget // 2:
                 raise MemoryBudgetError(
                     f"segment of batches {seg.first_batch}..{seg.first_batch + seg.batches - 1} needs "
-                    f"{max(48 * seg.positions.size, 2 * size) >> 20} MiB (planning, or its rows read whole), more "
-                    f"than the packing memory budget ({spec.memory_budget >> 20} MiB): use fewer batches per segment")
+                    f"{format_size(max(48 * seg.positions.size, 2 * size))} (planning, or its rows read whole), more "
+                    f"than the packing memory budget ({format_size(spec.memory_budget)}): use fewer batches per segment")
             seg.packed = budget_left is None or size <= budget_left
             if budget_left is not None and seg.packed:
                 budget_left -= size
@@ -365,10 +422,10 @@ def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], 
                 group.append((k, seg))
                 rows += int(seg.ids.size)
             if group and _group_full(group, feat.row_bytes, limit, stage, spec.max_open_segments):
-                files.update(_stream_group(feat, group, out, spec.read_chunk, stage))
+                files.update(_stream_group(feat, group, out, spec.read_chunk, stage, _pass_bar(bar_title, passes, feat)))
                 passes, group = passes + 1, []
         if group:
-            files.update(_stream_group(feat, group, out, spec.read_chunk, stage))
+            files.update(_stream_group(feat, group, out, spec.read_chunk, stage, _pass_bar(bar_title, passes, feat)))
             passes += 1
     assert positions.entry is not None
     for k, entry in files.items():
@@ -406,16 +463,21 @@ class PackedEpoch:
         meta_path = self.path / "pack.json"
         if not meta_path.is_file():
             raise DatasetError(f"{self.path}: epoch {epoch} is not packed")
-        self.meta = json.loads(meta_path.read_text())
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except ValueError as e:
+            raise ChecksumError(meta_path, f"not valid JSON ({e}); remove the pack (gnn-ooc clean) and pack again") from None
         if self.meta["dataset"] != plan.meta["dataset"]["identity"]:
             raise DatasetError(f"{self.path}: packed for another dataset")
         self.epoch_plan = plan.epoch(epoch)
         if self.meta.get("nodes") != self.epoch_plan.meta["files"]["nodes"]["checksum"]:
             raise DatasetError(f"{self.path}: packed for another plan of epoch {epoch} (re-run gnn-ooc pack)")
-        self._check_size(self.meta["positions"])
         for seg in self.meta["segments"]:
             if seg["packed"]:
                 self._check_size(seg)
+        # read per batch through a memory map: checked whole here (4 bytes per batch node)
+        verify_entry(self.path, FileEntry(**{k: self.meta["positions"][k] for k in ("name", "size", "checksum")}),
+                     recorded_in="pack.json")
         self._positions = np.load(self.path / "positions.npy", mmap_mode="r")
         # opened now: a pack replaced while this epoch trains cannot mix new segments with old positions
         self._fds = {k: open_read(self.path / seg["name"])[0] for k, seg in enumerate(self.meta["segments"])
@@ -443,12 +505,12 @@ class PackedEpoch:
         index = self.epoch_plan.index
         return np.asarray(self._positions[index[batch, 0] : index[batch + 1, 0]], dtype=np.int64)
 
-    def read_segment(self, k: int, *, verify: bool = False, buffer: mmap.mmap | None = None) -> np.ndarray:
+    def read_segment(self, k: int, *, verify: bool = True, buffer: mmap.mmap | None = None) -> np.ndarray:
         """Segment ``k``'s rows ([rows, D], the dataset's dtype) from one sequential (O_DIRECT) read.
 
         The array lives in ``buffer`` (page-aligned, at least ``buffer_bytes(k)``) or else in a
-        buffer reused by the next call; copy it to keep it. ``verify`` checks the CRC-32 and
-        raises ``ChecksumError`` naming the file.
+        buffer reused by the next call; copy it to keep it. ``verify`` (the default) checks the
+        CRC-32, piece by piece as the pieces land, and raises ``ChecksumError`` naming the file.
         """
         seg = self.meta["segments"][k]
         if not seg["packed"]:
@@ -458,15 +520,14 @@ class PackedEpoch:
         if buffer is not None and len(buffer) < self.buffer_bytes(k):
             raise ValueError(f"{path}: a {len(buffer)} B buffer cannot hold the segment ({self.buffer_bytes(k)} B)")
         buf = buffer if buffer is not None else self._buffer(self.buffer_bytes())
-        got = _read_fd(self._fds[k], buf, PAGE + data_len)
+        got, crc = _read_fd(self._fds[k], buf, PAGE + data_len, checksum=verify)
         self.bytes_read += got
         if got < PAGE + data_len:
             raise ChecksumError(path, f"read {got} B, expected {PAGE + data_len} B (truncated?)")
         raw = np.frombuffer(buf, np.uint8, count=PAGE + data_len)
-        if verify:
-            crc = format_checksum(zlib.crc32(raw.data))
-            if crc != seg["checksum"]:
-                raise ChecksumError(path, f"checksum {crc} differs from pack.json's {seg['checksum']}")
+        if verify and format_checksum(crc) != seg["checksum"]:
+            raise ChecksumError(path, f"checksum {format_checksum(crc)} differs from pack.json's {seg['checksum']}: "
+                                      "the packed segment is damaged (remove the pack with gnn-ooc clean and pack again)")
         return raw[PAGE:].view(self.dtype).reshape(seg["rows"], self.dim)
 
     def buffer_bytes(self, k: int | None = None) -> int:
@@ -498,23 +559,32 @@ class PackedEpoch:
                 raise ChecksumError(path, f"checksum differs from {self.path / 'pack.json'}")
 
 
-def _read_fd(fd: int, buf: mmap.mmap, nbytes: int, piece: int = 8 << 20, in_flight: int = 4) -> int:
+def _read_fd(fd: int, buf: mmap.mmap, nbytes: int, piece: int = 8 << 20, in_flight: int = 4,
+             *, checksum: bool = False) -> tuple[int, int]:
     """Read ``nbytes`` from the start of ``fd`` into ``buf``: ``piece``-sized requests, ``in_flight``
-    at a time (a queue of large requests keeps the device busy between them)."""
+    at a time (a queue of large requests keeps the device busy between them). Returns the bytes
+    read and, with ``checksum``, their CRC-32: each piece's is computed by the thread that read it
+    (zlib releases the GIL), then combined in order."""
     want = _round_up(nbytes)
     view = memoryview(buf)
+
+    def one(a: int) -> tuple[int, int]:
+        n = os.preadv(fd, [view[a : min(want, a + piece)]], a)
+        return n, zlib.crc32(view[a : a + min(n, max(0, nbytes - a))]) if checksum else 0
+
     try:
         starts = list(range(0, want, piece))
         with ThreadPoolExecutor(max(1, min(in_flight, len(starts)))) as pool:
-            got = list(pool.map(lambda a: os.preadv(fd, [view[a : min(want, a + piece)]], a), starts))
+            got = list(pool.map(one, starts))
     finally:
         view.release()
-    done = 0
-    for a, n in zip(starts, got):  # bytes up to the first short piece
+    done = crc = 0
+    for a, (n, part) in zip(starts, got):  # bytes up to the first short piece
         done = a + n
+        crc = crc32_combine(crc, part, min(n, max(0, nbytes - a)))
         if a + n < min(want, a + piece):
             break
-    return min(done, nbytes)
+    return min(done, nbytes), crc
 
 
 def count_segment_read(stats: Any, rows: int, nbytes: int) -> None:

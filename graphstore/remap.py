@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from gnn_ooc.graphstore.base import FileEntry, InputError, MemoryBudgetError
 from gnn_ooc.graphstore.npyfile import file_checksum, write_array
-from gnn_ooc.graphstore.sources import EdgeChunk
+from gnn_ooc.graphstore.sources import EdgeChunk, first_cast_failure
 
 _INT_BYTES_PER_ID = 24
 _STR_OVERHEAD_PER_ID = 40
@@ -102,7 +102,13 @@ class _Collector:
             self.string, self.first = is_str, (chunk.path, which)
         elif self.string != is_str:
             assert self.first is not None
-            raise InputError(chunk.path, f"{which} ids are {'strings' if is_str else 'integers'} here but not in {self.first[0]}", expected="one id type across all edge files")
+            # A text column whose first ids are integers holds one bad token: name its row.
+            text = ids if is_str else None
+            if text is not None and chunk.locate is not None and (first_cast_failure(text, pa.int64()) or 0) > 0:
+                located = chunk.locate()
+                if located is not None:
+                    raise located
+            raise InputError(chunk.path, f"{which} ids are {'strings' if is_str else 'integers'} here but not in {self.first[0]}", expected="one id type across all edge files", row=chunk.first_row)
         self.pending.append(pc.unique(ids) if is_str else np.unique(ids))
         self.pending_len += len(self.pending[-1])
         if self.pending_len > max(1 << 16, len(self.done) if self.done is not None else 0):
@@ -141,7 +147,11 @@ def _as_ids(chunk: EdgeChunk, which: str, col: Any) -> Any:
             return col.cast(pa.string())
         if pa.types.is_integer(col.type):
             return col.to_numpy(zero_copy_only=False).astype(np.int64)
-        raise InputError(chunk.path, f"{which} column has type {col.type}", expected="integer or string ids")
+        located = chunk.locate() if chunk.locate is not None else None
+        if located is not None:
+            raise located
+        raise InputError(chunk.path, f"{which} column has type {col.type}", expected="integer or string ids",
+                         row=chunk.first_row)
     arr = np.asarray(col)
     if arr.dtype.kind not in "iu":
         raise InputError(chunk.path, f"{which} ids have dtype {arr.dtype}", expected="integer or string ids")

@@ -38,12 +38,16 @@ class MemoryStore(FeatureStore):
 
     @classmethod
     def of(cls, dataset: Any) -> MemoryStore:
-        """A dataset's features read into RAM with sequential reads (no memory map kept resident)."""
+        """A dataset's features read into RAM with sequential reads (no memory map kept resident), their
+        CRC-32 checked on the way (``ChecksumError`` when they differ from the manifest)."""
         import torch
+
+        from gnn_ooc.graphstore.integrity import read_verified
 
         mapped = dataset.features
         rows = np.empty(mapped.shape, mapped.dtype)
-        _read_exact(dataset.path / dataset.manifest.files["features"].name, int(mapped.offset), rows)
+        entry = dataset.manifest.files["features"]
+        read_verified(dataset.path / entry.name, entry, int(mapped.offset), rows)  # checked as it loads
         t = torch.from_numpy(rows)
         return cls(t.view(torch.bfloat16) if dataset.feature_dtype == "bfloat16" else t)
 
@@ -57,18 +61,6 @@ class MemoryStore(FeatureStore):
 
     def _gather_at(self, ids: Any, out: Any, at: Any) -> None:
         move_rows(self.rows, ids, out, at)
-
-
-def _read_exact(path: Any, offset: int, out: np.ndarray) -> None:
-    view = out.reshape(-1).view(np.uint8).data
-    with open(path, "rb", buffering=0) as f:
-        f.seek(offset)
-        done = 0
-        while done < len(view):
-            got = f.readinto(view[done : done + (64 << 20)])
-            if not got:
-                raise EOFError(f"{path}: ends at byte {offset + done}, expected {offset + len(view)} bytes of rows")
-            done += got
 
 
 class MmapStore(FeatureStore):

@@ -8,8 +8,10 @@ Example:
     [0, 1]
 """
 
+from gnn_ooc.sampler.background import BackgroundPlanner
 from gnn_ooc.sampler.base import (
     Block,
+    CorruptGraphError,
     CscGraph,
     SampledSubgraph,
     SampleKey,
@@ -22,7 +24,6 @@ from gnn_ooc.sampler.factory import make_sampler
 from gnn_ooc.sampler.layerwise import LayerWiseSampler
 from gnn_ooc.sampler.neighbor import NeighborSampler
 from gnn_ooc.sampler.plan import (
-    BackgroundPlanner,
     EpochPlan,
     Plan,
     PlanError,
@@ -34,6 +35,7 @@ from gnn_ooc.sampler.plan import (
 __all__ = [
     "BackgroundPlanner",
     "Block",
+    "CorruptGraphError",
     "CscGraph",
     "EpochPlan",
     "LayerWiseSampler",

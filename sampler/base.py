@@ -51,6 +51,38 @@ class SamplerError(GnnOocError, ValueError):
     """Bad sampler input (seeds, fan-outs, key) or a sampler output that breaks the contract."""
 
 
+class CorruptGraphError(SamplerError):
+    """The CSC topology broke its invariants while being sampled: a neighbour id outside
+    ``[0, N)`` in ``indices``, or ``indptr`` offsets that decrease or leave ``[0, E]``.
+
+    A run checks the dataset when it starts, but the files can still change on disk (or be
+    damaged in the page cache) during the run; samplers raise this instead of reading out of
+    bounds. The message names the file, the position and the value.
+
+    Example:
+        >>> print(CorruptGraphError.bad_neighbour(np.array([0, 9]), 1, 9, 2, 0))
+        indices (in memory): position 1 holds node id 9, outside the graph's 2 nodes (an in-neighbour of node 0): ...
+    """
+
+    _DAMAGED = ": the topology is damaged or changed on disk"
+
+    @classmethod
+    def bad_neighbour(cls, indices: np.ndarray, position: int, value: int, num_nodes: int, node: int) -> CorruptGraphError:
+        return cls(f"{cls._name(indices, 'indices')}: position {position} holds node id {value}, outside the graph's "
+                   f"{num_nodes} nodes (an in-neighbour of node {node}){cls._DAMAGED}")
+
+    @classmethod
+    def bad_offsets(cls, indptr: np.ndarray, node: int, start: int, end: int, num_edges: int) -> CorruptGraphError:
+        return cls(f"{cls._name(indptr, 'indptr')}: node {node}'s offsets indptr[{node}:{node + 2}] = [{start}, {end}] "
+                   f"are not a range within [0, {num_edges}] (offsets must not decrease){cls._DAMAGED}")
+
+    @staticmethod
+    def _name(arr: np.ndarray, what: str) -> str:
+        """The file behind a memory-mapped array (a dataset's ``indices.npy``), else what it is."""
+        name = getattr(arr, "filename", None)
+        return str(name) if name else f"{what} (in memory)"
+
+
 # --- randomness ------------------------------------------------------------------------------------
 def splitmix64(x: int) -> int:
     """The splitmix64 finaliser on a Python int (the kernels use the same function)."""

@@ -201,12 +201,16 @@ class _AdapterCore:
         self.epoch = 0
         self._count = 0
         self._edge_permutation = edge_permutation
+        self._worker_sampler: Sampler | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Key the next batches ``SampleKey(seed, epoch, 0), (seed, epoch, 1), ...``.
 
         Call it at the start of every epoch when the loader has worker processes that are not
         persistent: each epoch's workers start from a copy of this adapter, counter included.
+        Batches are the same whatever ``num_workers`` (fork or spawn) only so: persistent workers
+        never see ``set_epoch`` (their counters run on), and ``in_order=False`` deals batches to
+        workers out of turn, which breaks the per-worker count of ``next_key``.
         """
         self.epoch = int(epoch)
         self._count = 0
@@ -230,8 +234,24 @@ class _AdapterCore:
             raise SamplerError("gnn_ooc samplers sample homogeneous graphs; got a typed input (HeteroData)")
         if index.time is not None:
             raise NotImplementedError("gnn_ooc samplers are not temporal: build the loader without input_time")
-        sub = self.sampler.sample(index.node, self.next_key())
+        sub = self._sampler_here().sample(index.node, self.next_key())
         return to_pyg_sampler_output(sub, index.input_id, index.time)
+
+    def _sampler_here(self) -> Sampler:
+        """The sampler itself, or inside a DataLoader worker its single-threaded twin (``serial()``).
+
+        Each worker is already a core's work (torch sets one thread per worker for the same
+        reason), and numba's parallel kernels cannot run in a worker forked after the parent
+        started numba's pool. The samples are the same either way.
+        """
+        from torch.utils.data import get_worker_info
+
+        if get_worker_info() is None:
+            return self.sampler
+        if self._worker_sampler is None:
+            serial = getattr(self.sampler, "serial", None)
+            self._worker_sampler = serial() if callable(serial) else self.sampler
+        return self._worker_sampler
 
     def sample_from_edges(self, index: Any, neg_sampling: Any = None) -> Any:
         raise NotImplementedError(

@@ -8,17 +8,25 @@ sequential within a node), relabel (serial; global ids to local ids in edge orde
 open-addressing hash table, so memory follows the sample, not the graph).
 
 The ``*_serial`` variants are the same code compiled without ``parallel`` for callers that
-parallelise over batches with threads (numba's default threading layer is not re-entrant).
+parallelise over batches with threads (numba's default threading layer is not re-entrant), and
+for processes forked after numba started its thread pool (see ``parallel_allowed``).
+
+The kernels read a memory-mapped topology that can change on disk during a run, so they check
+what they read (an offset range per frontier node, a compare per gathered neighbour) and
+``sample_layers`` raises ``CorruptGraphError`` instead of reading out of bounds.
 """
 
 from __future__ import annotations
 
+import os
 import types
 from typing import Any, Callable
 
 import numba
 import numpy as np
 from numba import njit, prange
+
+from gnn_ooc.sampler.base import CorruptGraphError
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -133,13 +141,21 @@ def _weighted_positions(
 
 
 # --- one hop ----------------------------------------------------------------------------------------
-def _counts_impl(indptr, weights, weighted, frontier, fanout, starts, degs, counts):
+def _counts_impl(indptr, num_edges, weights, weighted, frontier, fanout, starts, degs, counts):
+    bad = 0
     for i in prange(frontier.shape[0]):
         v = frontier[i]
         start, end = indptr[v], indptr[v + 1]
+        # 0 <= start <= end <= num_edges in two unsigned compares (three signed ones cost 1-2 %)
+        if np.uint64(start) > np.uint64(num_edges) or np.uint64(end - start) > np.uint64(num_edges - start):
+            # a damaged indptr: read nothing of this node; the caller raises (counts[i] < 0 says which)
+            starts[i], degs[i], counts[i] = 0, 0, -1
+            bad += 1
+            continue
         starts[i], degs[i] = start, end - start
         avail = _positive(weights, start, end) if weighted else end - start
         counts[i] = avail if fanout < 0 or avail <= fanout else fanout
+    return bad
 
 
 def _draw_impl(weights, weighted, frontier, key, starts, degs, offsets, pos):
@@ -219,17 +235,21 @@ def _new_table(nodes: np.ndarray, n: int, need: int) -> tuple[np.ndarray, int]:
 
 @njit(cache=True, nogil=True)
 def _relabel(nbr: np.ndarray, e0: int, table: np.ndarray, shift: int, nodes: np.ndarray,
-             n: int, row: np.ndarray) -> tuple[int, int]:
+             n: int, row: np.ndarray, num_nodes: int) -> tuple[int, int, bool]:
     """Local id of neighbours ``e0..`` into ``row``; new ids appended to ``nodes`` in order of first use.
 
-    Stops early (returning the next edge and the node count) when the table is half full.
+    Stops early (returning the next edge, the node count and False) when the table is half
+    full, or at a neighbour id outside ``[0, num_nodes)`` (returning its edge and True).
     """
     mask = (table.shape[0] >> 1) - 1
     full = (mask + 1) >> 1
+    limit = np.uint64(num_nodes)
     for e in range(e0, nbr.shape[0]):
         if n >= full:
-            return e, n
+            return e, n, False
         u = np.int64(nbr[e])
+        if np.uint64(u) >= limit:  # one unsigned compare catches negative ids too
+            return e, n, True
         s = _slot(u, shift)
         while True:
             k = table[2 * s]
@@ -243,7 +263,7 @@ def _relabel(nbr: np.ndarray, e0: int, table: np.ndarray, shift: int, nodes: np.
                 n += 1
                 break
             s = (s + 1) & mask
-    return nbr.shape[0], n
+    return nbr.shape[0], n, False
 
 
 def sample_layers(indptr, indices, weights, seeds, fanouts, key, want_edges, parallel):
@@ -252,7 +272,9 @@ def sample_layers(indptr, indices, weights, seeds, fanouts, key, want_edges, par
     Called from Python; the per-hop steps are compiled kernels (parallel over the frontier when
     ``parallel``), so the only Python work is a few calls and allocations per hop.
     """
+    parallel = parallel and parallel_allowed()
     counts_k, draw_k, gather_k = (_counts_par, _draw_par, _gather_par) if parallel else (_counts_ser, _draw_ser, _gather_ser)
+    num_nodes, num_edges = indptr.shape[0] - 1, indices.shape[0]
     weighted = weights is not None
     w = weights if weighted else np.empty(0, np.float32)
     ukey = np.uint64(key)
@@ -266,7 +288,8 @@ def sample_layers(indptr, indices, weights, seeds, fanouts, key, want_edges, par
         frontier = nodes[lo:n]
         f = frontier.shape[0]
         starts, degs, cnt = np.empty(f, np.int64), np.empty(f, np.int64), np.empty(f, np.int64)
-        counts_k(indptr, w, weighted, frontier, fanout, starts, degs, cnt)
+        if counts_k(indptr, num_edges, w, weighted, frontier, fanout, starts, degs, cnt):
+            raise _bad_offsets(indptr, frontier, cnt, num_edges)
         offsets = np.zeros(f + 1, np.int64)
         np.cumsum(cnt, out=offsets[1:])
         ne = int(offsets[-1])
@@ -281,7 +304,10 @@ def sample_layers(indptr, indices, weights, seeds, fanouts, key, want_edges, par
         row = np.empty(ne, np.int64)
         n_before, e = n, 0
         while e < ne:
-            e, n = _relabel(nbr, e, table, shift, nodes, n, row)
+            e, n, bad = _relabel(nbr, e, table, shift, nodes, n, row, num_nodes)
+            if bad:
+                raise CorruptGraphError.bad_neighbour(indices, int(pos[e]), int(nbr[e]), num_nodes,
+                                                      int(frontier[np.searchsorted(offsets, e, "right") - 1]))
             if e < ne:  # half full: double it and go on
                 table, shift = _new_table(nodes, n, table.shape[0])
         rows.append(row)
@@ -296,8 +322,49 @@ def sample_layers(indptr, indices, weights, seeds, fanouts, key, want_edges, par
             tuple(hop_nodes), tuple(hop_edges))
 
 
+def _bad_offsets(indptr: np.ndarray, frontier: np.ndarray, cnt: np.ndarray, num_edges: int) -> CorruptGraphError:
+    v = int(frontier[np.flatnonzero(cnt < 0)[0]])
+    return CorruptGraphError.bad_offsets(indptr, v, int(indptr[v]), int(indptr[v + 1]), num_edges)
+
+
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+# --- fork safety -------------------------------------------------------------------------------------
+# numba resolves its "default" threading layer to GNU OpenMP when TBB is not installed (as here).
+# libgomp's thread pool does not survive fork(), so numba's omppool terminates a forked child
+# that launches a parallel kernel after its parent started the pool: the child prints
+# "Terminating: fork() called from a process already using GNU OpenMP, this is unsafe." and
+# raises SIGTERM (a DataLoader worker "killed by signal: Terminated"). A child forked before the
+# pool started owns a fresh pool and may run the parallel kernels.
+_POOL_INHERITED = False
+
+
+def _pool_started() -> bool:
+    try:
+        numba.threading_layer()  # raises ValueError until the pool has been started
+    except ValueError:
+        return False
+    return True
+
+
+def _after_fork_in_child() -> None:
+    global _POOL_INHERITED
+    _POOL_INHERITED = _POOL_INHERITED or _pool_started()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def parallel_allowed() -> bool:
+    """False in a process forked after numba's thread pool started: only the serial kernels run there.
+
+    The samples are the same either way (counter-based draws); every threading layer is treated
+    alike, since a forked child is usually one of several workers, each already a core's work.
+    """
+    return not _POOL_INHERITED
 
 
 def set_threads(threads: int | None) -> int:

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from gnn_ooc.sampler.base import (
+    CorruptGraphError,
     CscGraph,
     SampledSubgraph,
     SampleKey,
@@ -57,6 +58,8 @@ class LayerWiseSampler(Sampler):
     Only the frontier's ``indptr`` entries and in-neighbour lists are read from the (possibly
     memory-mapped) CSC; work and memory are proportional to the frontier's in-degree plus the
     sampled subgraph, never to the graph.
+    A topology damaged during a run (a neighbour id outside the graph, offsets that decrease)
+    raises ``CorruptGraphError`` naming the file and position.
 
     Example:
         >>> indptr = np.array([0, 2, 4, 5, 6, 6], dtype=np.int64)  # in-edges: 1, 2 -> 0;  0, 3 -> 1;
@@ -109,11 +112,13 @@ class LayerWiseSampler(Sampler):
             # Gather the frontier's in-edges: edge ids and local destinations, frontier order.
             starts = np.asarray(indptr[frontier], dtype=np.int64)
             deg = np.asarray(indptr[frontier + 1], dtype=np.int64) - starts
+            _check_offsets(indptr, frontier, starts, deg, self.graph.num_edges)
             total = int(deg.sum())
             first = np.cumsum(deg) - deg
             eid = np.repeat(starts - first, deg) + np.arange(total, dtype=np.int64)
             dst = np.repeat(np.arange(lo, lo + frontier.size, dtype=np.int64), deg)
             src = np.asarray(indices[eid], dtype=np.int64)
+            _check_neighbours(indices, src, eid, dst - lo, frontier, self.graph.num_nodes)
             # Which sources are in the subgraph already?
             pos = np.minimum(np.searchsorted(known, src), max(known.size - 1, 0))
             present = known[pos] == src if known.size else np.zeros(total, dtype=bool)
@@ -173,3 +178,19 @@ class LayerWiseSampler(Sampler):
         chosen = np.zeros(num_cand, dtype=bool)
         chosen[np.argpartition(race, size - 1)[:size]] = True
         return chosen
+
+
+# The files can change on disk during a run: a bad offset would be an IndexError (or a wrong
+# range), a negative neighbour id would silently wrap around in numpy's indexing.
+def _check_offsets(indptr: np.ndarray, frontier: np.ndarray, starts: np.ndarray, deg: np.ndarray, num_edges: int) -> None:
+    if frontier.size and (starts.min() < 0 or deg.min() < 0 or (starts + deg).max() > num_edges):
+        i = int(np.flatnonzero((starts < 0) | (deg < 0) | (starts + deg > num_edges))[0])
+        v = int(frontier[i])
+        raise CorruptGraphError.bad_offsets(indptr, v, int(starts[i]), int(starts[i] + deg[i]), num_edges)
+
+
+def _check_neighbours(indices: np.ndarray, src: np.ndarray, eid: np.ndarray, dst_pos: np.ndarray,
+                      frontier: np.ndarray, num_nodes: int) -> None:
+    if src.size and (src.min() < 0 or src.max() >= num_nodes):
+        j = int(np.flatnonzero((src < 0) | (src >= num_nodes))[0])
+        raise CorruptGraphError.bad_neighbour(indices, int(eid[j]), int(src[j]), num_nodes, int(frontier[dst_pos[j]]))

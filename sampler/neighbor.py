@@ -43,7 +43,11 @@ class NeighborSampler(Sampler):
     input layer, so reverse a DGL fan-out list). Neighbours are drawn without replacement,
     uniformly or, with ``weights`` (one non-negative float per CSC edge, aligned with
     ``indices``; an array or an ``.npy`` path), with Efraimidis-Spirakis weighted sampling, where
-    zero-weight edges are never drawn. ``threads`` caps numba's threads for one call.
+    zero-weight edges are never drawn. ``threads`` caps numba's threads for one call; in a
+    process forked after numba's thread pool started (a DataLoader worker), the serial kernels
+    run instead (numba's GNU OpenMP pool does not survive fork), giving the same samples.
+    A topology damaged during a run (a neighbour id outside the graph, offsets that decrease)
+    raises ``CorruptGraphError`` naming the file and position.
 
     Example:
         >>> import numpy as np
@@ -102,8 +106,9 @@ class NeighborSampler(Sampler):
             self.weights = self.weights.open()
 
     def _sample(self, seeds: np.ndarray, key: SampleKey) -> SampledSubgraph:
-        # numba's default threading layer is not re-entrant: parallel kernels from the main thread only
-        parallel = self.parallel and threading.current_thread() is threading.main_thread()
+        # numba's default threading layer is not re-entrant: parallel kernels from the main thread
+        # only, and never in a child forked after the pool started (see kernels.parallel_allowed)
+        parallel = self.parallel and threading.current_thread() is threading.main_thread() and kernels.parallel_allowed()
         prev = kernels.set_threads(self.threads) if parallel else None
         try:
             node, row, col, edge, hop_nodes, hop_edges = kernels.sample_layers(

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import re
 import shutil
 import time
@@ -54,14 +53,16 @@ from gnn_ooc.graphstore.npyfile import (
     write_array,
     write_bytes_entry,
 )
+from gnn_ooc.graphstore.owned import PLAN, check_name
+from gnn_ooc.progress import bar
 from gnn_ooc.sampler.base import SampledSubgraph, SampleKey, Sampler
+from gnn_ooc.units import format_size
 
 PLAN_FORMAT = "gnn-ooc-plan"
 PLAN_VERSION = 1
 PLAN_JSON = "plan.json"
 EPOCH_JSON = "epoch.json"
 WRITER_STAGING = 1 << 20  # per output file (4 files): 1 MiB O_DIRECT writes already run at disk speed
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _EPOCH_RE = re.compile(r"^epoch-(\d{6})$")
 _TOTALS_RE = re.compile(r"^totals-(\d{6})$")
 
@@ -90,8 +91,7 @@ class PlanSpec:
     memory_budget: int = 1 << 30
 
     def __post_init__(self) -> None:
-        if not _NAME_RE.match(self.name):
-            raise PlanError(f"plan name {self.name!r}: expected letters, digits, '.', '_' or '-' (not starting with '.' or '-')")
+        check_name(self.name, "plan")
         if self.batch_size < 1 or self.seed < 0 or (self.threads is not None and self.threads < 1):
             raise PlanError(f"batch size and threads must be >= 1 and the seed >= 0, got {self.batch_size}, "
                             f"{self.threads}, {self.seed}")
@@ -123,13 +123,17 @@ class EpochPlan:
         self.num_layers = num_layers
         meta = _read_json(path / EPOCH_JSON)
         self.meta = meta
-        for entry in meta["files"].values():
-            _check_size(path / entry["name"], entry["size"])
-        self.index = np.load(path / "index.npy", mmap_mode="r")
-        self._nodes = np.load(path / "nodes.npy", mmap_mode="r")
-        self._rows = np.load(path / "rows.npy", mmap_mode="r")
-        self._fanin = np.load(path / "fanin.npy", mmap_mode="r")
-        self._edges = np.load(path / "edge_ids.npy", mmap_mode="r") if "edge_ids" in meta["files"] else None
+        try:
+            for entry in meta["files"].values():
+                _check_size(path / entry["name"], entry["size"])
+            self.index = np.load(path / "index.npy", mmap_mode="r")
+            self._nodes = np.load(path / "nodes.npy", mmap_mode="r")
+            self._rows = np.load(path / "rows.npy", mmap_mode="r")
+            self._fanin = np.load(path / "fanin.npy", mmap_mode="r")
+            self._edges = np.load(path / "edge_ids.npy", mmap_mode="r") if "edge_ids" in meta["files"] else None
+        except (ValueError, KeyError, TypeError, OSError) as e:  # a damaged header or epoch.json
+            raise PlanError(f"{path}: damaged ({type(e).__name__}: {e}); plan the epoch again "
+                            "(gnn-ooc sample reuses only epochs that check out)") from None
 
     def __len__(self) -> int:
         return int(self.index.shape[0]) - 1
@@ -178,7 +182,8 @@ class EpochPlan:
             path = self.path / entry["name"]
             _check_size(path, entry["size"])
             if file_checksum(path) != entry["checksum"]:
-                raise PlanError(f"{path}: checksum differs from {self.path / EPOCH_JSON}")
+                raise PlanError(f"{path}: checksum differs from {self.path / EPOCH_JSON}: the planned epoch is "
+                                "damaged (gnn-ooc clean removes it; it is planned again when needed)")
 
 
 class Plan:
@@ -191,7 +196,7 @@ class Plan:
     @staticmethod
     def path_for(dataset: Dataset | str | os.PathLike[str], name: str) -> Path:
         root = dataset.path if isinstance(dataset, Dataset) else Path(dataset)
-        return root / "plans" / name
+        return root / "plans" / check_name(name, "plan")
 
     @classmethod
     def open(cls, dataset: Dataset | str | os.PathLike[str], name: str = "default",
@@ -283,11 +288,12 @@ class Planner:
     """
 
     def __init__(self, dataset: Dataset | str | os.PathLike[str], sampler: Sampler, spec: PlanSpec,
-                 *, force: bool = False, progress: Progress | None = None) -> None:
+                 *, force: bool = False, progress: Progress | None = None, bars: bool = False) -> None:
         self.ds = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
         self.sampler = sampler
         self.spec = spec
         self.say = progress or (lambda _msg: None)
+        self.bars = bars  # a progress bar per planned epoch (on a terminal)
         self.seeds = np.asarray(self.ds.split(spec.split), dtype=np.int64)
         if self.seeds.size == 0:
             raise PlanError(f"{self.ds.path}: split {spec.split!r} is empty; nothing to plan")
@@ -300,6 +306,13 @@ class Planner:
         remove_stale(self.path, ".epoch-", "gnn-ooc sample")  # killed runs' partial epochs (locks free)
         for gone in self.path.glob(".*.removed-*"):
             shutil.rmtree(gone, ignore_errors=True)
+
+    def warm_up(self) -> None:
+        """Sample one seed: loads the sampler's compiled kernels (memory that is not the budget's)."""
+        self.sampler.sample(self.seeds[:1], SampleKey(self.spec.seed, 0, 0))
+        serial = getattr(self.sampler, "serial", None)
+        if self.threads > 1 and callable(serial):
+            serial().sample(self.seeds[:1], SampleKey(self.spec.seed, 0, 0))
 
     @property
     def num_batches(self) -> int:
@@ -349,10 +362,10 @@ class Planner:
         parts = self.memory_estimate()
         need = sum(parts.values())
         if need > self.spec.memory_budget:
-            detail = ", ".join(f"{k} {v >> 20} MiB" for k, v in parts.items())
+            detail = ", ".join(f"{k} {format_size(v)}" for k, v in parts.items())
             raise MemoryBudgetError(
-                f"planning needs about {need >> 20} MiB ({detail}); the memory budget is "
-                f"{self.spec.memory_budget >> 20} MiB: raise --memory-budget, or lower --batch-size or --threads"
+                f"planning needs about {format_size(need)} ({detail}); the memory budget is "
+                f"{format_size(self.spec.memory_budget)}: raise --memory-budget, or lower --batch-size or --threads"
             )
 
     def _meta(self) -> dict[str, Any]:
@@ -384,18 +397,27 @@ class Planner:
                         "use another --name or --force to replace it"
                     )
             return old
-        with Staging(self.path, what="gnn-ooc sample") as stage:
+        # replaces only a plan (plan.json): a folder of the user's under plans/ is refused
+        with Staging(self.path, what="gnn-ooc sample", kind=PLAN, flag="--name") as stage:
             write_bytes_entry(stage.path / PLAN_JSON, stage.path, json.dumps(meta, indent=2).encode())
             stage.publish()
         return Plan(self.path, meta)
 
     def plan_epoch(self, epoch: int) -> EpochStats | None:
-        """Sample and write epoch ``epoch`` unless it is on disk already; returns what it did."""
+        """Sample and write epoch ``epoch`` unless it is on disk already and checks out (a damaged
+        one is planned again: the batches are a function of the seed, so the same bytes come back);
+        returns what it did, None when the epoch was kept."""
         target = self.path / _epoch_dir(epoch)
         remove_stale(self.path, f".{_epoch_dir(epoch)}.partial-", "gnn-ooc sample")
         if target.is_dir():
-            self._count(epoch)
-            return None
+            try:
+                EpochPlan(target, epoch, self._num_layers()).verify()
+            except PlanError as e:
+                self.say(f"epoch {epoch} on disk is damaged ({e}); planning it again")
+                remove_dir(target, self.path)
+            else:
+                self._count(epoch)
+                return None
         stage = LockedDir(self.path / f".{_epoch_dir(epoch)}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             stats = self._write_epoch(epoch, stage.path)
@@ -422,9 +444,11 @@ class Planner:
                               self._dense_counts, self._chunk_nodes)
         try:
             sample_s = 0.0
-            for sub, dt in self._batches(epoch):
-                writer.add(sub)
-                sample_s += dt
+            with bar(self.num_batches, f"planning epoch {epoch}", enabled=self.bars, unit="batch") as shown:
+                for sub, dt in self._batches(epoch):
+                    writer.add(sub)
+                    sample_s += dt
+                    shown.update(1)
             meta = writer.close(epoch)
         except BaseException:
             writer.abort()
@@ -649,128 +673,3 @@ def _cmp(d: Any) -> Any:
     if isinstance(d, dict) and "identity" in d:
         return d["identity"]
     return d
-
-
-# --- planning ahead in another process -------------------------------------------------------------
-class BackgroundPlanner:
-    """Plans ``epochs`` in a child process while the caller trains, at most ``keep_epochs`` on disk.
-
-    ``wait(e)`` blocks until epoch ``e`` is written and returns it; ``release(e)`` deletes it
-    and lets the child plan the next one. The child exits with its parent, and an error in it
-    is raised by ``wait`` with the child's traceback.
-
-    Example:
-        >>> with BackgroundPlanner(ds, sampler, PlanSpec(), epochs=range(10), keep_epochs=2) as bp:  # doctest: +SKIP
-        ...     for e in range(10):
-        ...         for sub in bp.wait(e):
-        ...             ...                      # train on the batch
-        ...         bp.release(e)
-    """
-
-    def __init__(self, dataset: Dataset | str | os.PathLike[str], sampler: Sampler, spec: PlanSpec,
-                 epochs: Sequence[int], *, keep_epochs: int = 2, force: bool = False,
-                 pack: tuple[Any, np.ndarray] | None = None, nice: int = 0, held: int = 0) -> None:
-        """``pack=(PackSpec, cached ids)`` also packs each epoch (DiskGNN) in the child, after planning it;
-        ``nice`` lowers the child's CPU priority (training keeps the cores it needs; the child gets the rest);
-        ``held`` of the ``keep_epochs`` are epochs the caller planned itself and still holds (each given
-        back with ``release_held``)."""
-        if keep_epochs < 1 or not 0 <= held < keep_epochs:
-            raise PlanError(f"keep_epochs must be >= 1 and more than held, got {keep_epochs} and {held}")
-        self.held = held
-        # created here, so a mismatched plan fails in the caller, not in the child
-        self.plan = Planner(dataset, sampler, spec, force=force).plan
-        self.ds_path = str(self.plan.path.parents[1])
-        self.sampler, self.spec, self.epochs = sampler, spec, [int(e) for e in epochs]
-        self.keep_epochs = keep_epochs
-        self.pack, self.nice = pack, nice
-        self._done: set[int] = set()
-        self._released: set[int] = set()
-        self._proc: Any = None
-
-    def __enter__(self) -> BackgroundPlanner:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")  # numba's worker threads do not survive fork
-        self._slots = ctx.Semaphore(self.keep_epochs - self.held)
-        self._queue = ctx.Queue()
-        self._proc = ctx.Process(
-            target=_background_main, name="gnn-ooc-planner", daemon=True,
-            # pickled here and loaded inside the child's error handling, so a failure to reopen
-            # the sampler's dataset is reported like any other
-            args=(self.ds_path, pickle.dumps(self.sampler), self.spec, self.epochs, self._slots, self._queue,
-                  os.getpid(), self.pack, self.nice),
-        )
-        self._proc.start()
-        return self
-
-    def wait(self, epoch: int, timeout: float | None = None) -> EpochPlan:
-        import queue as queue_mod
-
-        if epoch not in self.epochs:
-            raise PlanError(f"epoch {epoch} is not among the epochs this planner plans ({self.epochs})")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while epoch not in self._done:
-            try:
-                kind, value = self._queue.get(timeout=0.5)
-            except queue_mod.Empty:
-                if not self._proc.is_alive():
-                    raise PlanError(f"the planner process died (exit code {self._proc.exitcode}) before epoch {epoch}") from None
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"epoch {epoch} not planned within {timeout} s") from None
-                continue
-            if kind == "error":
-                raise PlanError(f"the planner process failed:\n{value}")
-            self._done.add(int(value))
-        return self.plan.epoch(epoch)
-
-    def release(self, epoch: int) -> None:
-        if epoch not in self._done or epoch in self._released:
-            raise PlanError(f"release({epoch}): the epoch was not waited for, or was released already")
-        self._released.add(epoch)
-        self.plan.release(epoch)
-        if self.pack is not None:
-            remove_dir(self.plan.path / "packs" / self.pack[0].name / _epoch_dir(epoch), self.plan.path)
-        self._slots.release()
-
-    def release_held(self) -> None:
-        """The caller dropped one of its ``held`` epochs: the child may plan one more."""
-        if self.held < 1:
-            raise PlanError("release_held: no epoch held")
-        self.held -= 1
-        self._slots.release()
-
-    def close(self) -> None:
-        if self._proc is not None:
-            if self._proc.is_alive():
-                self._proc.terminate()
-            self._proc.join()
-            self._proc = None
-            self._queue.close()
-            # a child stopped mid-epoch leaves its partial folder; its lock died with it
-            remove_stale(self.plan.path, ".epoch-", "gnn-ooc sample")
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _background_main(ds_path: str, sampler_blob: bytes, spec: PlanSpec, epochs: list[int],
-                     slots: Any, out: Any, parent: int, pack: tuple[Any, np.ndarray] | None, nice: int = 0) -> None:
-    import traceback
-
-    try:
-        if nice:
-            os.nice(nice)
-        planner = Planner(ds_path, pickle.loads(sampler_blob), spec)
-        features = planner.ds.path / planner.ds.manifest.files["features"].name if pack else None
-        for e in epochs:
-            while not slots.acquire(timeout=1.0):
-                if os.getppid() != parent:
-                    return  # the trainer is gone
-            planner.plan_epoch(e)
-            if pack is not None:
-                from gnn_ooc.graphstore.pack import pack_epoch
-
-                pack_epoch(planner.plan, e, pack[1], features, pack[0])
-            out.put(("done", e))
-    except BaseException:
-        out.put(("error", traceback.format_exc()))

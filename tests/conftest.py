@@ -1,14 +1,19 @@
-"""Shared fixtures: small raw graphs written in the raw layout, and a reference CSC."""
+"""Shared fixtures: small raw graphs written in the raw layout, a reference CSC, and the real
+Cora and CiteSeer raw folders rebuilt from the copies vendored in tests/data."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.data.vendored import materialise
+
+#: the originals of tests/data/*.npz; a fresh clone lacks it, and only the parity test reads it
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
 
@@ -57,6 +62,21 @@ def random_graph(rng: np.random.Generator, n: int, e: int) -> tuple[np.ndarray, 
     loops = rng.integers(0, e, e // 20)
     dst[loops] = src[loops]
     return src, dst
+
+
+@pytest.fixture(scope="session")
+def real_raw(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``real_raw("cora")``: the raw folder (edges.parquet, node_features.npy, node_labels.npy,
+    split/) of a real dataset, rebuilt once per session from tests/data/<name>.npz. A missing
+    vendored file fails the test that asks for it; nothing reads ../shared."""
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            made[name] = materialise(name, tmp_path_factory.mktemp(f"raw-{name}"))
+        return made[name]
+
+    return get
 
 
 @pytest.fixture

@@ -62,7 +62,7 @@ import numpy as np
 from gnn_ooc.graphstore.dataset import Dataset
 from gnn_ooc.tools.bench_preprocess import drop_caches, emit, read_once
 from gnn_ooc.tools.bench_sampler import SplitView, remove_plan, run_group
-from gnn_ooc.tools.units import parse_size
+from gnn_ooc.units import parse_size
 
 GOAL_SEQ_FRACTION = 0.80
 GOAL_READ_AMP = 1.05

@@ -33,7 +33,7 @@ import numpy as np
 
 from gnn_ooc.capabilities import o_direct_flag
 from gnn_ooc.graphstore.directio import SequentialWriter
-from gnn_ooc.tools.units import format_size, parse_size
+from gnn_ooc.units import format_size, parse_size
 
 _BLOCK = 8 << 20
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from gnn_ooc.tools.bench_preprocess import drop_caches, emit
-from gnn_ooc.tools.units import parse_size
+from gnn_ooc.units import parse_size
 
 GOAL_VS_MEMORY = 1.2
 GOAL_VS_MMAP = 10.0

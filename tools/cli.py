@@ -10,37 +10,134 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import json
+import os
+import re
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+import gnn_ooc
 from gnn_ooc.graphstore.base import GnnOocError, PreprocessSpec
-from gnn_ooc.tools.units import format_size, parse_size, parse_size_or_multiple
+from gnn_ooc.units import format_size, parse_size, parse_size_or_multiple
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from gnn_ooc.memory import tune_allocator
+
+    tune_allocator()  # freed batches and buffers go back to the system (the memory budget's meter sees it)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_lists(list(sys.argv[1:] if argv is None else argv)))
     handler: Callable[[argparse.Namespace], int] = args.handler
+    with _terminate_as_exception():
+        try:
+            return handler(args)
+        except BaseException as e:  # noqa: BLE001 - every way out becomes one line and an exit code
+            message, code = describe_failure(e)
+            if message:
+                print(f"gnn-ooc {args.command}: {message}", file=sys.stderr)
+            return code
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``finally`` and ``with`` runs: staged
+    folders are removed, child processes stopped (a BaseException: no ``except Exception`` eats it)."""
+
+
+@contextlib.contextmanager
+def _terminate_as_exception() -> Iterator[None]:
+    def handler(signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise Terminated()
+
     try:
-        return handler(args)
-    except GnnOocError as e:
-        print(f"gnn-ooc {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, FileExistsError) as e:
-        print(f"gnn-ooc {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (main() called from a thread): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def describe_failure(e: BaseException) -> tuple[str, int]:
+    """(one-line message, exit code) for an error that ends a command: 1 for bad or damaged data
+    and the machine's limits (disk, permissions), 2 for bad flags, 130/143 when interrupted."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, OSError) and not isinstance(cause, BrokenPipeError):
+        e = cause  # a pipeline stage's I/O error: the file and the reason, not the stage's traceback
+    if isinstance(e, GnnOocError):
+        return f"error: {e}", e.exit_code
+    if isinstance(e, (ValueError, FileExistsError)):
+        return f"error: {e}", 2
+    if isinstance(e, BrokenPipeError):
+        _silence_stdout()  # `gnn-ooc info | head`: the reader left; nothing to say
+        return "", 141
+    if isinstance(e, OSError):
+        return f"error: {os_error_text(e)}", 1
+    if isinstance(e, MemoryError):
+        return ("error: out of memory; lower --memory-budget's consumers (batch size, caches) or raise the "
+                "machine's memory", 1)
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted; partial outputs were removed", 130
+    if isinstance(e, Terminated):
+        return "terminated (SIGTERM); partial outputs were removed", 143
+    raise e  # a bug, not a user's mistake: the traceback is what a report needs
+
+
+def os_error_text(e: OSError) -> str:
+    """An OSError as the file, what went wrong and what to do."""
+    where = f"{e.filename}: " if e.filename else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{where}no space left on the device (writing); free space or write the output elsewhere"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{where}{e.strerror} (check the permissions, or choose a folder you can write)"
+    return f"{where}{e.strerror or e}"
+
+
+def _silence_stdout() -> None:
+    # the interpreter flushes stdout at exit: point it at /dev/null so that flush cannot fail again
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+_NEGATIVE_LIST = re.compile(r"^-\d+(\s*,\s*-?\d+)+$")
+
+
+def join_negative_lists(argv: list[str]) -> list[str]:
+    """``--fanouts -1,-1`` as ``--fanouts=-1,-1``: argparse takes a value starting with '-' for an
+    option unless it is a single negative number, and lists of them are what fan-outs are.
+
+    Example:
+        >>> join_negative_lists(["train", "d", "--fanouts", "-1,-1", "--epochs", "2"])
+        ['train', 'd', '--fanouts=-1,-1', '--epochs', '2']
+    """
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE_LIST.match(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gnn-ooc", description="Out-of-core GNN training.")
+    parser.add_argument("--version", action="version", version=f"gnn-ooc {gnn_ooc.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_preprocess(sub)
     _add_info(sub)
     _add_verify(sub)
+    _add_clean(sub)
     _add_synth(sub)
     _add_sample(sub)
     _add_pack(sub)
@@ -82,6 +179,7 @@ def _add_preprocess(sub: Any) -> None:
     p.add_argument("--threads", type=int, help="numba threads (default: all cores)")
     p.add_argument("--force", action="store_true", default=None, help="rebuild even if the inputs are unchanged")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_run_preprocess)
 
 
@@ -93,9 +191,9 @@ def spec_from_args(args: argparse.Namespace) -> PreprocessSpec:
     if args.raw_dir is not None and args.ogb is not None:
         raise ValueError("give RAW_DIR or --ogb, not both")
     if args.raw_dir is not None:
-        found = raw_layout(args.raw_dir)
+        found = {**raw_layout(args.raw_dir), "source_dir": args.raw_dir}
     elif args.ogb is not None:
-        found = ogb_layout(args.ogb, args.ogb_split)
+        found = {**ogb_layout(args.ogb, args.ogb_split), "source_dir": args.ogb}
     values: dict[str, Any] = {k: v for k, v in found.items() if v is not None}
     if getattr(args, "split", None) is not None:
         values.pop("split_dir", None)  # an explicit --split replaces the layout's split folder
@@ -113,7 +211,10 @@ def spec_from_args(args: argparse.Namespace) -> PreprocessSpec:
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
-    parts = [float(x) for x in text.split(",")]
+    try:
+        parts = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--split {text!r}: expected three fractions like 0.8,0.1,0.1") from None
     if len(parts) != 3:
         raise ValueError(f"--split {text!r}: expected three fractions like 0.8,0.1,0.1")
     return (parts[0], parts[1], parts[2])
@@ -123,7 +224,7 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     from gnn_ooc.graphstore.preprocess import preprocess
 
     spec = spec_from_args(args)
-    result = preprocess(spec, progress=_say)
+    result = preprocess(spec, progress=_say, bars=not args.no_progress)
     m = result.manifest
     summary = {
         "dataset": str(result.path), "skipped": result.skipped, "seconds": round(result.seconds, 3),
@@ -137,9 +238,9 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- info / verify -------------------------------------------------------------------------------
+# --- info / verify / clean ---------------------------------------------------------------------
 def _add_info(sub: Any) -> None:
-    p = sub.add_parser("info", help="counts, dtypes, sizes and degree statistics of a dataset")
+    p = sub.add_parser("info", help="counts, dtypes, sizes and degree statistics of a dataset; its plans, packs and runs")
     p.add_argument("dataset", type=Path)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_run_info)
@@ -147,6 +248,7 @@ def _add_info(sub: Any) -> None:
 
 def dataset_info(path: Path) -> dict[str, Any]:
     from gnn_ooc.graphstore.dataset import Dataset
+    from gnn_ooc.tools.housekeeping import inventory
 
     ds = Dataset.open(path)
     m = ds.manifest
@@ -157,6 +259,7 @@ def dataset_info(path: Path) -> dict[str, Any]:
         "remapped": m.id_map is not None, "degree": dataclasses.asdict(ds.degree_stats()),
         "files": {k: {"size": e.size, "dtype": e.dtype, "shape": e.shape} for k, e in m.files.items()},
         "total_bytes": sum(e.size for e in m.files.values()), "created_by": m.created_by,
+        **inventory(ds.path),
     }
 
 
@@ -180,21 +283,68 @@ def _run_info(args: argparse.Namespace) -> int:
     print(f"size        {format_size(info['total_bytes'])}")
     for name, f in info["files"].items():
         print(f"  {name:<14} {format_size(f['size']):>10}  {f['dtype']} {tuple(f['shape']) if f['shape'] else ''}")
+    _print_inventory(info)
     return 0
 
 
+def _print_inventory(info: dict[str, Any]) -> None:
+    def owner(item: dict[str, Any]) -> str:
+        if item["run"] is None:
+            return item["made_by"]
+        return f"run {item['run']} ({'running' if item['live'] else 'not running'})"
+
+    for plan in info["plans"]:
+        print(f"plan        {plan['name']}  {format_size(plan['bytes'])}, epochs {plan['epochs']}, {owner(plan)}")
+        for pack in plan["packs"]:
+            print(f"  pack      {pack['name']}  {format_size(pack['bytes'])}, epochs {pack['epochs']}, {owner(pack)}")
+    for run in info["runs"]:
+        print(f"run         {run['name']}  {format_size(run['bytes'])}, {run['checkpoints']} checkpoints"
+              f"{', running' if run['live'] else ''}")
+    for left in info["leftovers"]:
+        print(f"leftover    {left['path']}  {format_size(left['bytes'])} (gnn-ooc clean removes it)")
+
+
 def _add_verify(sub: Any) -> None:
-    p = sub.add_parser("verify", help="recompute every file's checksum; non-zero exit names the corrupt file")
+    p = sub.add_parser("verify", help="check every checksum (dataset, plans, packs, checkpoints); exit 1 names the damage")
     p.add_argument("dataset", type=Path)
     p.set_defaults(handler=_run_verify)
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from gnn_ooc.graphstore.dataset import Dataset
+    from gnn_ooc.tools.housekeeping import verify_all
 
-    ds = Dataset.open(args.dataset)
-    checked = ds.verify()
-    print(f"{args.dataset}: OK ({len(checked)} files, checksums match)")
+    problems = verify_all(args.dataset)
+    if problems:
+        for line in problems:
+            print(f"gnn-ooc verify: damaged: {line}", file=sys.stderr)
+        return 1
+    print(f"{args.dataset}: OK (dataset, plans, packs and checkpoints check out)")
+    return 0
+
+
+def _add_clean(sub: Any) -> None:
+    p = sub.add_parser("clean", help="remove plans, packs and leftovers no running job needs (never runs or your files)",
+                       description="Remove what killed commands left behind and the plans and packs of runs "
+                                   "that are not running (a resumed run plans them again). Run folders and "
+                                   "anything gnn-ooc did not write are never removed.")
+    p.add_argument("dataset", type=Path)
+    p.add_argument("--all-plans", action="store_true",
+                   help="also plans made by gnn-ooc sample and packs made by gnn-ooc pack")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_run_clean)
+
+
+def _run_clean(args: argparse.Namespace) -> int:
+    from gnn_ooc.tools.housekeeping import clean
+
+    gone = clean(args.dataset, all_plans=args.all_plans, dry_run=args.dry_run, say=_say)
+    total = sum(g["bytes"] for g in gone)
+    if args.json:
+        print(json.dumps({"removed": gone, "bytes": total, "dry_run": args.dry_run}, indent=2))
+    else:
+        verb = "would free" if args.dry_run else "freed"
+        print(f"{args.dataset}: {len(gone)} folders, {verb} {format_size(total)}")
     return 0
 
 
@@ -245,11 +395,13 @@ def _add_sample(sub: Any) -> None:
     p.add_argument("--memory-budget", type=parse_size, default=1 << 30, help="e.g. 512M, 8G (default 1G)")
     p.add_argument("--force", action="store_true", help="replace a plan made with other settings")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_run_sample)
 
 
 def _run_sample(args: argparse.Namespace) -> int:
     from gnn_ooc.graphstore.dataset import Dataset
+    from gnn_ooc.graphstore.integrity import check_dataset
     from gnn_ooc.sampler.base import SamplerError, parse_fanouts
     from gnn_ooc.sampler.factory import make_sampler
     from gnn_ooc.sampler.plan import Planner, PlanSpec
@@ -261,11 +413,13 @@ def _run_sample(args: argparse.Namespace) -> int:
     except SamplerError as err:
         raise ValueError(f"--fanouts: {err}") from None
     ds = Dataset.open(args.dataset)
+    ds.split(args.split)  # a missing split is named now, before any work
+    check_dataset(ds, features=False)  # sampling reads the topology and the split: checked first
     sampler = make_sampler(ds, args.sampler, args.fanouts, weights=args.weights, edge_ids=args.edge_ids,
                            threads=args.threads)
     spec = PlanSpec(name=args.name, batch_size=args.batch_size, split=args.split, seed=args.seed,
                     drop_last=args.drop_last, threads=args.threads, memory_budget=args.memory_budget)
-    planner = Planner(ds, sampler, spec, force=args.force, progress=_say)
+    planner = Planner(ds, sampler, spec, force=args.force, progress=_say, bars=not args.no_progress)
     epochs = []
     for e in range(args.start_epoch, args.start_epoch + args.epochs):
         stats = planner.plan_epoch(e)
@@ -293,7 +447,8 @@ def _add_pack(sub: Any) -> None:
     p.add_argument("dataset", type=Path)
     p.add_argument("--plan", default="default", help="the plan's name (gnn-ooc sample --name)")
     p.add_argument("--name", default="default", help="pack name (folder under PLAN/packs)")
-    p.add_argument("--segment-batches", type=int, default=64, help="batches per packed segment")
+    p.add_argument("--segment-batches", type=int, default=64,
+                   help="batches per packed segment (0: as many as an eighth of --memory-budget holds)")
     p.add_argument("--gpu-cache", type=parse_size, help="device cache bytes (default: a quarter of free GPU memory, "
                                                         "or an eighth of --memory-budget without CUDA)")
     p.add_argument("--cpu-cache", type=parse_size, help="pinned host cache bytes (default: a quarter of --memory-budget)")
@@ -302,21 +457,28 @@ def _add_pack(sub: Any) -> None:
                                          "feature file (e.g. 2x); default: no cap")
     p.add_argument("--replace-placement", action="store_true", help="recompute the cache placement (repacks)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_run_pack)
 
 
 def _run_pack(args: argparse.Namespace) -> int:
     from gnn_ooc.capabilities import cuda_available
     from gnn_ooc.graphstore.dataset import Dataset
-    from gnn_ooc.graphstore.pack import PackSpec, pack_epoch
+    from gnn_ooc.graphstore.owned import check_name
+    from gnn_ooc.graphstore.pack import PackSpec, fit_segment_batches, pack_epoch
     from gnn_ooc.graphstore.tiering import CacheBudgets, Placement, place_from_counts
     from gnn_ooc.sampler.plan import Plan
 
+    check_name(args.name, "pack")  # before any path is built from it
+    if args.segment_batches < 0:
+        raise ValueError(f"--segment-batches {args.segment_batches}: expected >= 1, or 0 to fit segments to "
+                         "an eighth of --memory-budget")
     ds = Dataset.open(args.dataset)
     if not ds.has("features"):
         raise ValueError(f"{ds.path}: the dataset has no features to pack")
     plan = Plan.open(ds, args.plan)
-    features = ds.path / ds.manifest.files["features"].name
+    entry = ds.manifest.files["features"]
+    features = ds.path / entry.name
     root = plan.path / "packs" / args.name
     if (root / "placement" / "device.npy").is_file() and not args.replace_placement:
         placement = Placement.load(root / "placement")
@@ -330,9 +492,14 @@ def _run_pack(args: argparse.Namespace) -> int:
     budget = None if args.pack_budget is None else parse_size_or_multiple(args.pack_budget, features.stat().st_size)
     results = []
     for e in plan.epochs():
-        spec = PackSpec(name=args.name, segment_batches=args.segment_batches, memory_budget=args.memory_budget,
+        epoch_plan = plan.epoch(e)
+        epoch_plan.verify()  # never pack from a damaged plan
+        segments = args.segment_batches or fit_segment_batches(epoch_plan, ds.feature_row_bytes,
+                                                               args.memory_budget // 8)
+        spec = PackSpec(name=args.name, segment_batches=segments, memory_budget=args.memory_budget,
                         pack_budget=budget)
-        stats = pack_epoch(plan, e, placement.cached, features, spec, progress=_say)
+        stats = pack_epoch(plan, e, placement.cached, features, spec, progress=_say,
+                           features_checksum=entry.checksum, bars=not args.no_progress)
         results.append(dataclasses.asdict(stats))
         if budget is not None:  # what is on disk counts, packed now or kept from an earlier run
             meta = json.loads((root / f"epoch-{e:06d}" / "pack.json").read_text())
@@ -344,8 +511,6 @@ def _run_pack(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 # --- train -----------------------------------------------------------------------------------------
 def _add_train(sub: Any) -> None:
     from gnn_ooc.trainer.config import cli_fields
@@ -354,10 +519,12 @@ def _add_train(sub: Any) -> None:
                        description="Flags override --config; the resolved config is saved in the run folder.")
     p.add_argument("dataset", nargs="?", help="the preprocessed dataset (or dataset: in --config)")
     p.add_argument("--config", type=Path, help="YAML or JSON file of settings (flags override it)")
-    p.add_argument("--resume", type=Path, metavar="RUN", help="continue RUN from its newest checkpoint")
+    p.add_argument("--resume", type=Path, metavar="RUN", help="continue RUN from its newest checkpoint (with DATASET "
+                   "only when the run's dataset moved: it must be the same dataset)")
     for f in cli_fields():
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} (default: {_default_text(f.default)})"
+        # a None default is explained by the help text itself ("default: from the memory budget")
+        help_text = f.metadata["help"] + ("" if f.default is None else f" (default: {_default_text(f.default)})")
         if str(f.type).startswith("bool"):
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
@@ -375,21 +542,23 @@ def _default_text(value: Any) -> str:
 
 def _run_train(args: argparse.Namespace) -> int:
     from gnn_ooc.trainer.config import TrainConfig, cli_fields, read_config_file
-    from gnn_ooc.trainer.run import resume, train
+    from gnn_ooc.trainer.run import plan_defaults, resume, train
 
     flags = {f.name: getattr(args, f.name) for f in cli_fields()}
     if args.resume is not None:
-        summary = resume(args.resume, flags, say=_say)
+        summary = resume(args.resume, flags, say=_say, dataset=args.dataset)
         run = args.resume
     else:
         file_values = read_config_file(args.config) if args.config else {}
         if args.dataset:
             flags["dataset"] = args.dataset
-        cfg = TrainConfig.resolve(file_values, flags, source=str(args.config or "config"))
-        from gnn_ooc.trainer.run import run_folder
-
-        run = run_folder(cfg)
-        summary = train(dataclasses.replace(cfg, out=str(run)), say=_say)
+        plan = flags.get("plan") or file_values.get("plan")
+        dataset = flags.get("dataset") or file_values.get("dataset")
+        # a --plan fixes fan-outs, batch size and seed: they are the defaults, flags and the file above them
+        base = plan_defaults(dataset, plan) if plan and dataset else {}
+        cfg = TrainConfig.resolve({**base, **file_values}, flags, source=str(args.config or "config"))
+        summary = train(cfg, say=_say)
+        run = summary["run"]
     from gnn_ooc.trainer.distributed import detect_env
 
     env = detect_env()
@@ -417,7 +586,10 @@ def _add_embed(sub: Any) -> None:
     p.add_argument("--memory-budget", type=parse_size, help="bytes for a chunk's block and buffers (default: the run's)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--layer-outputs", action="store_true", help="keep every hidden layer as layers/layer-I.npy")
-    p.add_argument("--checkpoint", type=Path, help="weights to use (default: the run's newest checkpoint)")
+    p.add_argument("--checkpoint", default="best",
+                   help="best (the best validation accuracy; the newest when the run never evaluated), last, "
+                        "or a checkpoint file (default: best)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print embed.json")
     p.set_defaults(handler=_run_embed)
 
@@ -426,7 +598,8 @@ def _run_embed(args: argparse.Namespace) -> int:
     from gnn_ooc.trainer.inference import embed
 
     summary = embed(args.run, args.output, chunk_nodes=args.chunk_nodes, memory_budget=args.memory_budget,
-                    device=args.device, layer_outputs=args.layer_outputs, checkpoint=args.checkpoint, say=_say)
+                    device=args.device, layer_outputs=args.layer_outputs, checkpoint=args.checkpoint, say=_say,
+                    bars=not args.no_progress)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

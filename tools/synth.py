@@ -43,8 +43,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -59,6 +57,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from numba import prange
+
+from gnn_ooc.graphstore.atomic import Staging
+from gnn_ooc.graphstore.owned import SYNTH_RAW
 
 __all__ = ["SynthConfig", "synth", "MAX_NODES", "EDGE_COMPRESSION"]
 
@@ -733,23 +734,6 @@ def _summary(
     }
 
 
-def _install(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished folder into place. An old ``out`` is moved aside first and removed
-    once the new one is in place, so ``out`` is never half written."""
-    if not os.path.lexists(out):
-        os.rename(tmp, out)
-        return
-    if not overwrite:
-        raise FileExistsError(f"{out} exists (pass overwrite=True to replace it)")
-    old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
-    os.rename(out, old)
-    os.rename(tmp, out)
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old)
-    else:
-        old.unlink()
-
-
 def synth(
     out: str | os.PathLike[str],
     config: SynthConfig,
@@ -780,22 +764,18 @@ def synth(
     if out.name in ("", ".", ".."):
         raise ValueError(f"out must name a folder, got {str(out)!r}")
     if os.path.lexists(out) and not overwrite:
-        raise FileExistsError(f"{out} exists (pass overwrite=True to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
+        raise FileExistsError(f"{out} exists (pass --overwrite to replace a graph gnn-ooc synth wrote there)")
     report = _Reporter(progress)
     t0 = time.monotonic()
-    tmp.mkdir()
-    try:
+    # replaces only a folder synth wrote (synth.json), carrying over anything else it holds
+    with Staging(out, what="gnn-ooc synth", kind=SYNTH_RAW, flag="OUT") as stage:
+        tmp = stage.path
         scr = _Scramble.make(config.nodes, config.seed)
         edges = _write_edges(tmp / "edges.parquet", config, scr, report)
         nodes = _write_nodes(tmp, config, scr, report)
         summary = _summary(config, scr, edges, nodes)
         (tmp / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
-        _install(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        stage.publish()
     elapsed = time.monotonic() - t0
     report(
         f"wrote {out}: {config.nodes:,} nodes, {config.edges:,} edges in {elapsed:.1f} s "

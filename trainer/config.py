@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from gnn_ooc.graphstore.base import GnnOocError
-from gnn_ooc.tools.units import parse_size
+from gnn_ooc.units import parse_size
 
 MODES = ("auto", "offline", "online", "memory", "mmap")
 MODELS = ("sage", "gcn", "gat")
@@ -33,6 +33,8 @@ DEVICES = ("auto", "cpu", "cuda")
 
 class ConfigError(GnnOocError):
     """A setting with a wrong name, type or value; the message names the setting and the source."""
+
+    exit_code = 2
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
@@ -69,6 +71,9 @@ class TrainConfig:
     segment_batches: int = _opt(0, "batches per packed segment (0: as many as a segment buffer, an eighth of "
                                    "the memory budget, holds; at most 64)")
     keep_epochs: int = _opt(2, "planned epochs kept on disk (the one training and the next; offline keeps at least 2)")
+    plan: str | None = _opt(None, "train on this plan of the dataset (gnn-ooc sample --name NAME) instead of planning "
+                                  "a run's own: its epochs are used as they are (and kept), missing ones planned into it; "
+                                  "its fan-outs, batch size and seed are the defaults (offline mode)")
     threads: int | None = _opt(None, "CPU threads for torch and the samplers (default: all)")
     device: str = _opt("auto", "auto | cpu | cuda", choices=DEVICES)
     precision: str = _opt("fp32", "fp32 | bf16 | fp16 autocast", choices=PRECISIONS)
@@ -111,6 +116,8 @@ class TrainConfig:
             raise ConfigError(f"dropout: {self.dropout}, expected 0 <= dropout < 1")
         if not self.fanouts or any(f == 0 or f < -1 for f in self.fanouts):
             raise ConfigError(f"fanouts: {self.fanouts}, expected positive counts or -1 (all), one per layer")
+        if self.plan is not None and self.mode not in ("auto", "offline"):
+            raise ConfigError(f"plan: {self.plan!r} is for offline training; mode is {self.mode}")
         if self.eval_fanouts is not None and len(self.eval_fanouts) != len(self.fanouts):
             raise ConfigError(f"eval_fanouts: {len(self.eval_fanouts)} hops, the model has {len(self.fanouts)}")
 
@@ -136,11 +143,15 @@ class TrainConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+class RunFolderError(GnnOocError):
+    """A folder given as a run that is not one (exit 1, like a folder given as a dataset that is not)."""
+
+
 def saved_config_path(run: Path) -> Path:
     """The resolved config a run folder holds (``config.yaml``, or ``config.json`` without PyYAML)."""
     found = next((p for p in (run / "config.yaml", run / "config.json") if p.is_file()), None)
     if found is None:
-        raise ConfigError(f"{run}: no config.yaml or config.json; not a gnn-ooc run folder")
+        raise RunFolderError(f"{run}: no config.yaml or config.json; not a gnn-ooc run folder (gnn-ooc train --out)")
     return found
 
 

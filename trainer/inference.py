@@ -35,12 +35,16 @@ import torch
 
 from gnn_ooc.graphstore.atomic import Staging
 from gnn_ooc.graphstore.dataset import Dataset
+from gnn_ooc.graphstore.integrity import check_dataset
 from gnn_ooc.graphstore.npyfile import NpyWriter
+from gnn_ooc.graphstore.owned import EMBEDDING, check_output
 from gnn_ooc.graphstore.stores import MmapStore
+from gnn_ooc.progress import over
 from gnn_ooc.trainer.base import BlockModel, TorchBlock, TrainerError
-from gnn_ooc.trainer.checkpoint import latest_checkpoint, load_checkpoint
+from gnn_ooc.trainer.checkpoint import CheckpointError, choose_checkpoint, load_checkpoint
 from gnn_ooc.trainer.config import ConfigError, TrainConfig, resolve_device, saved_config_path
 from gnn_ooc.trainer.layers import GCNConv
+from gnn_ooc.trainer.runfolder import RunFolder
 
 __all__ = ["chunk_block", "chunk_bounds", "embed", "load_run_model", "source_degrees"]
 
@@ -51,11 +55,12 @@ _FLOAT = 4
 
 def embed(run: str | os.PathLike[str], out: str | os.PathLike[str], *, chunk_nodes: int | None = None,
           memory_budget: int | None = None, device: str = "auto", layer_outputs: bool = False,
-          checkpoint: str | os.PathLike[str] | None = None, say: Say = print) -> dict[str, Any]:
+          checkpoint: str | os.PathLike[str] | None = None, say: Say = print, bars: bool = False) -> dict[str, Any]:
     """Embeddings, logits and predictions of every node of ``run``'s dataset, written to ``out``.
 
     ``chunk_nodes`` caps destinations per chunk (default: what ``memory_budget`` allows; the
-    budget defaults to the run's). ``checkpoint`` defaults to the run's newest. With
+    budget defaults to the run's). ``checkpoint`` is ``best`` (the default: the best validation
+    accuracy; the newest when the run never evaluated), ``last`` or a path. With
     ``layer_outputs`` every hidden layer is kept as ``out/layers/layer-I.npy``. Returns what
     ``out/embed.json`` holds.
 
@@ -67,13 +72,16 @@ def embed(run: str | os.PathLike[str], out: str | os.PathLike[str], *, chunk_nod
     t0 = time.perf_counter()
     dev = resolve_device(device)
     cfg, ds, model, ckpt, state = load_run_model(Path(run), checkpoint, dev)
+    check_output(Path(out), EMBEDDING, protect=[Path(run), ds.path])  # before any work
+    check_dataset(ds, features=True)  # every byte inference reads, checked before the first chunk
     budget = int(memory_budget if memory_budget is not None else cfg.memory_budget)
     if chunk_nodes is not None and chunk_nodes < 1:
         raise ConfigError(f"chunk_nodes must be >= 1, got {chunk_nodes}")
     degree = source_degrees(ds.indptr, ds.indices, budget // 4) if _needs_source_degrees(model) else None
     say(f"embedding {ds.num_nodes:,} nodes of {ds.path} with {ckpt} ({model.num_layers} layers) on {dev}")
-    with Staging(Path(out), what="gnn-ooc embed") as stage:
-        layers = _all_layers(model, ds, stage.path, degree, budget, chunk_nodes, layer_outputs, say)
+    # replaces only an embedding folder (embed.json); never the run, the dataset or a folder above them
+    with Staging(Path(out), what="gnn-ooc embed", kind=EMBEDDING, protect=[Path(run), ds.path]) as stage:
+        layers = _all_layers(model, ds, stage.path, degree, budget, chunk_nodes, layer_outputs, say, bars)
         outputs = _finish(stage.path, model.num_layers, layer_outputs)
         summary = _summary(run, ckpt, state, ds, budget, chunk_nodes, dev, layers, outputs, t0)
         (stage.path / "embed.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -85,7 +93,7 @@ def embed(run: str | os.PathLike[str], out: str | os.PathLike[str], *, chunk_nod
 # --- the run's model ------------------------------------------------------------------------------
 def load_run_model(run: Path, checkpoint: str | os.PathLike[str] | None,
                    device: torch.device) -> tuple[TrainConfig, Dataset, BlockModel, Path, dict[str, Any]]:
-    """The run's config, dataset and model (weights of ``checkpoint`` or the newest), in eval mode.
+    """The run's config, dataset and model (weights of ``checkpoint``: best, last or a path), in eval mode.
 
     Example:
         >>> cfg, ds, model, path, state = load_run_model(Path("runs/sage"), None, torch.device("cpu"))  # doctest: +SKIP
@@ -93,14 +101,17 @@ def load_run_model(run: Path, checkpoint: str | os.PathLike[str] | None,
     from gnn_ooc.trainer.run import build_model
 
     cfg = TrainConfig.load(saved_config_path(run))
-    ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run)
+    ckpt = choose_checkpoint(run, checkpoint)
     state = load_checkpoint(ckpt)
-    assert ckpt is not None  # load_checkpoint raises on None
     ds = Dataset.open(cfg.dataset)
+    RunFolder.check_dataset(run, ds.path, ds.identity())
     model, _, _ = build_model(cfg, ds, device)
     if not isinstance(model, BlockModel):
         raise TrainerError(f"{type(model).__name__} is not a BlockModel; layer-wise inference needs layer(i, ...)")
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{ckpt}: does not fit the run's model ({str(e).splitlines()[0][:200]})") from None
     return cfg, ds, model.eval(), ckpt, state
 
 
@@ -180,7 +191,7 @@ def source_degrees(indptr: np.ndarray, indices: np.ndarray, budget: int = 256 <<
 
 # --- layers ---------------------------------------------------------------------------------------
 def _all_layers(model: BlockModel, ds: Dataset, stage: Path, degree: np.ndarray | None, budget: int,
-                chunk_nodes: int | None, keep_layers: bool, say: Say) -> list[dict[str, Any]]:
+                chunk_nodes: int | None, keep_layers: bool, say: Say, bars: bool = False) -> list[dict[str, Any]]:
     """Run every layer over all nodes; hidden layers go to ``stage/layers``, the last to logits."""
     (stage / "layers").mkdir()
     store: MmapStore = MmapStore.of(ds)
@@ -190,7 +201,8 @@ def _all_layers(model: BlockModel, ds: Dataset, stage: Path, degree: np.ndarray 
         bounds = _layer_bounds(model, ds, i, budget, chunk_nodes, degree)
         last = i == model.num_layers - 1
         t = time.perf_counter()
-        rows = _layer_rows(model, i, store, ds, bounds, degree, device)
+        rows = over(_layer_rows(model, i, store, ds, bounds, degree, device), f"layer {i}", enabled=bars,
+                    total=len(bounds) - 1)
         if last:
             _write_last(rows, model, ds, stage)
         else:
@@ -319,7 +331,7 @@ def _summary(run: Any, ckpt: Path, state: dict[str, Any], ds: Dataset, budget: i
     secs = time.perf_counter() - t0
     loop = state.get("loop", {})
     return {
-        "run": str(run), "checkpoint": str(ckpt), "step": loop.get("step"), "epoch": loop.get("epoch"),
+        "format": "gnn-ooc-embedding", "run": str(run), "checkpoint": str(ckpt), "step": loop.get("step"), "epoch": loop.get("epoch"),
         "best_epoch": loop.get("best_epoch"), "dataset": str(ds.path), "nodes": ds.num_nodes, "edges": ds.num_edges,
         "remapped": ds.original_ids is not None, "device": str(device), "memory_budget": budget,
         "chunk_nodes": chunk_nodes, "layers": layers, "outputs": outputs, "seconds": round(secs, 4),

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,14 @@ from typing import Any, Callable, Iterator
 import torch
 
 from gnn_ooc.graphstore.base import StoreStats
-from gnn_ooc.trainer.checkpoint import random_states, save_checkpoint, set_random_states
+from gnn_ooc.progress import bar as progress_bar
+from gnn_ooc.trainer.base import TrainerError
+from gnn_ooc.trainer.checkpoint import (
+    CheckpointError,
+    random_states,
+    save_checkpoint,
+    set_random_states,
+)
 from gnn_ooc.trainer.distributed import gather_objects, sum_across
 from gnn_ooc.trainer.metrics import MetricsLog, TensorBoard
 from gnn_ooc.trainer.pipeline import Pipeline, StageTimers
@@ -62,6 +70,11 @@ class LoopState:
     bad_evals: int = 0
     stopped_early: bool = False
     epochs: list[dict[str, Any]] = field(default_factory=list)
+    # the current epoch before ``position``: this rank's loss sum and count, and seconds trained
+    # (a run resumed mid-epoch reports the whole epoch's mean loss and time, not the rest's)
+    epoch_loss_sum: float = 0.0
+    epoch_loss_count: int = 0
+    epoch_seconds: float = 0.0
 
 
 class Trainer:
@@ -74,6 +87,7 @@ class Trainer:
         self.train, self.evals = train, evals
         self.run, self.settings = Path(run), settings
         self.state = LoopState()
+        self.setup_seconds = 0.0  # before the first step: sources built (features loaded, epoch 0 packed)
         self.device = torch.device(settings.device)
         self.timers = StageTimers()  # per epoch, reset at its start
         self.total_seconds: dict[str, float] = {}
@@ -101,8 +115,19 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = LoopState(**state["loop"])
-        _unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            _unwrap(self.model).load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()
+            detail = " ".join(line.strip() for line in first[:3])[:300]
+            raise CheckpointError(f"{self.run}: the checkpoint does not fit this model ({detail}); the run's "
+                                  "settings or dataset changed since it was saved: start a new run") from None
+        per_rank_loss = state.get("partial_ranks") or []
+        if len(per_rank_loss) == self.settings.world:  # each rank resumes its own partial epoch
+            self.state.epoch_loss_sum, self.state.epoch_loss_count = per_rank_loss[self.settings.rank]
+        elif self.settings.rank != 0:  # another world size: rank 0 carries the whole partial sum
+            self.state.epoch_loss_sum, self.state.epoch_loss_count = 0.0, 0
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler") is not None:
@@ -118,14 +143,20 @@ class Trainer:
             if log is not None:  # records after the checkpoint belong to the lost future
                 log.truncate(self.state.step)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, *, best: bool = False) -> None:
         """Save the state (rank 0 writes it); every rank calls this at the same steps."""
-        ranks = gather_objects(random_states(), self.settings.world)
+        mine = {"random": random_states(), "partial": [self.state.epoch_loss_sum, self.state.epoch_loss_count]}
+        ranks = gather_objects(mine, self.settings.world)
         if self.main:
             state = self.state_dict()
             if self.settings.world > 1:
-                state["random_ranks"] = ranks
-            save_checkpoint(self.run, self.state.step, state)
+                state["random_ranks"] = [r["random"] for r in ranks]
+                state["partial_ranks"] = [r["partial"] for r in ranks]
+                total = [sum(r["partial"][0] for r in ranks), sum(r["partial"][1] for r in ranks)]
+                state["loop"]["epoch_loss_sum"], state["loop"]["epoch_loss_count"] = total
+            info = {"epoch": self.state.epoch, "position": self.state.position,
+                    "best_valid_acc": self.state.best_valid, "best_epoch": self.state.best_epoch}
+            save_checkpoint(self.run, self.state.step, state, best=best, info=info)
 
     # --- the loop ------------------------------------------------------------------------------
     def fit(self) -> LoopState:
@@ -147,6 +178,7 @@ class Trainer:
         """Train the rest of ``epoch``; False when ``max_steps`` stopped it early."""
         self.timers.reset()
         t0 = time.perf_counter()
+        self._before = self.state.epoch_seconds  # trained of this epoch before a resume
         with self.timers.time("wait"):  # offline: the epoch's plan and pack, if the background is late
             self.train.begin_epoch(epoch)
         source, stages = self.train.stages(epoch, self.state.position)
@@ -155,11 +187,15 @@ class Trainer:
         # under CUDA a last stage copies each batch to the GPU on a side stream while the step runs
         pipe = Pipeline(source, stages + device_stages(self.device), depth=self.settings.depth, source_name="plan",
                         timers=self.timers, stop=self.train.stop)
-        bar = _progress(self.settings.progress and self.main, total, self.state.position, f"epoch {epoch}")
+        bar = progress_bar(total, f"epoch {epoch}", enabled=self.settings.progress and self.main,
+                           initial=self.state.position, unit="batch")
         losses: list[float] = []
         try:
             for batch in pipe:
                 losses.append(self._step(batch))
+                self.state.epoch_loss_sum += losses[-1]
+                self.state.epoch_loss_count += 1
+                self.state.epoch_seconds = self._before + time.perf_counter() - t0
                 bar.update(1)
                 bar.set_postfix_str(self._postfix(losses[-1]), refresh=False)
                 if self._out_of_steps():
@@ -169,8 +205,7 @@ class Trainer:
         finally:
             pipe.close()
             bar.close()
-        self._epoch_time = time.perf_counter() - t0
-        self._epoch_losses = losses
+        self._epoch_time = self._before + time.perf_counter() - t0
         return self.state.position >= total
 
     def _step(self, batch: TrainBatch) -> float:
@@ -190,6 +225,8 @@ class Trainer:
                 loss.backward()
                 self.optimizer.step()
             value = float(loss.detach())
+            if not math.isfinite(value):
+                raise _nonfinite_loss(batch, x, value, self.state.step + 1)
             acc = float((out.argmax(1) == y).float().mean())
         batch.release()
         self.state.step += 1
@@ -218,21 +255,23 @@ class Trainer:
         self.train.end_epoch(epoch)
         if self.scheduler is not None:
             self.scheduler.step()
+        best_before = self.state.best_epoch
         record = self._epoch_record(epoch)
         self.state.epochs.append(record)
         self.state.epoch, self.state.position = epoch + 1, 0
+        self.state.epoch_loss_sum, self.state.epoch_loss_count, self.state.epoch_seconds = 0.0, 0, 0.0
         if self.epochs_log is not None:
             self.epochs_log.append(record)
         self.tb.scalars("epoch", record, self.state.step)
         self.say(_epoch_line(record))
-        self.checkpoint()
+        self.checkpoint(best=self.state.best_epoch != best_before)
 
     def _epoch_record(self, epoch: int) -> dict[str, Any]:
         secs = self.timers.seconds()
         for k, v in secs.items():
             self.total_seconds[k] = self.total_seconds.get(k, 0.0) + v
-        # the epoch's mean loss over every rank's batches
-        total, count = sum_across([sum(self._epoch_losses), len(self._epoch_losses)], self.settings.world)
+        # the epoch's mean loss over every rank's batches (those before a resume included)
+        total, count = sum_across([self.state.epoch_loss_sum, self.state.epoch_loss_count], self.settings.world)
         record: dict[str, Any] = {
             "step": self.state.step, "epoch": epoch, "seconds": self._epoch_time,
             "loss": total / count if count else float("nan"),
@@ -272,12 +311,18 @@ class Trainer:
         was_training = model.training
         model.eval()
         correct = total = 0
+        shown = progress_bar(len(source.local_batches(0)), "evaluating", enabled=self.settings.progress and self.main,
+                             unit="batch")
         for batch in iter_batches(source, 0, self.settings.depth, device=self.device):
             with self._autocast():
                 out = model([b.to(self.device) for b in batch.blocks], batch.x.to(self.device))
-            correct += int((out.argmax(1) == batch.y).sum())
-            total += batch.num_seeds
+            y = batch.y.to(out.device)
+            known = y >= 0  # an unlabelled node is neither right nor wrong
+            correct += int((out.argmax(1)[known] == y[known]).sum())
+            total += int(known.sum())
             batch.release()
+            shown.update(1)
+        shown.close()
         source.end_epoch(0)  # an offline evaluation source gives its segment buffers back
         source.drop_buffers()  # and every evaluation source its feature buffers, until next time
         model.train(was_training)
@@ -296,20 +341,17 @@ def _epoch_line(r: dict[str, Any]) -> str:
     return f"epoch {r['epoch']}: loss {r['loss']:.4f}, {r['seconds']:.2f} s (overlap {r['overlap']:.2f}) {accs}"
 
 
-class _NoBar:
-    def update(self, n: int) -> None: ...
-    def set_postfix_str(self, s: str, refresh: bool = True) -> None: ...
-    def close(self) -> None: ...
-
-
-def _progress(enabled: bool, total: int, initial: int, desc: str) -> Any:
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:  # progress is a nicety: without tqdm the epoch lines still print
-        return _NoBar()
-    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+def _nonfinite_loss(batch: TrainBatch, x: torch.Tensor, value: float, step: int) -> TrainerError:
+    """The error that stops a run whose loss is NaN or infinite: which batch, and whether its
+    feature rows are to blame (damaged bytes) or the model diverged."""
+    where = f"epoch {batch.epoch}, batch {batch.index} (step {step}): the loss is {value}"
+    bad: Any = torch.nonzero(~torch.isfinite(x.float()).all(dim=1)).flatten().cpu().numpy() if x.numel() else []
+    if len(bad):
+        nodes = batch.sub.node[: x.shape[0]][bad[:5]].tolist()
+        return TrainerError(f"{where}: {len(bad)} feature rows are not finite (nodes {nodes}{' ...' if len(bad) > 5 else ''}); "
+                            "the features are damaged: run gnn-ooc verify on the dataset")
+    return TrainerError(f"{where}, with every feature row finite: the model diverged; lower --lr, or train "
+                        "with --precision fp32")
 
 
 def iter_batches(source: BatchSource, epoch: int, depth: int = 2, *, device: Any = "cpu") -> Iterator[TrainBatch]:

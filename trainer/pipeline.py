@@ -7,7 +7,8 @@ on batch ``t``, the stages prepare ``t+1 ... t+depth``; time spent in each stage
 on its queues) is summed in ``timers``.
 
 Failure and shutdown: an exception in a stage travels down the queues in place of an item and
-is raised in the caller as ``PipelineError`` naming the stage, with that stage's traceback;
+is raised in the caller as ``PipelineError`` naming the stage, with that stage's traceback (a
+``GnnOocError``, such as a damaged segment's ``ChecksumError``, is raised as it is);
 every other thread stops at its next queue operation (each waits with a timeout and checks a
 stop flag), so nothing hangs and ``close`` joins every thread. Leaving the ``for`` loop early
 (``break``, an exception in the caller) closes the pipeline too.
@@ -187,6 +188,8 @@ class Pipeline:
                 if item is _END:
                     return
                 if isinstance(item, _Failure):
+                    if isinstance(item.error, GnnOocError):
+                        raise item.error  # already one line naming the file and what to do (damaged bytes)
                     raise PipelineError(item.stage, item.error, item.formatted) from item.error
                 yield item
         finally:

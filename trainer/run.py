@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -31,11 +32,12 @@ import torch
 
 from gnn_ooc.capabilities import cuda_available
 from gnn_ooc.graphstore.atomic import atomic_write_bytes
-from gnn_ooc.graphstore.base import FeatureStore
+from gnn_ooc.graphstore.base import DatasetError, FeatureStore, MemoryBudgetError
 from gnn_ooc.graphstore.cache import RowCache
 from gnn_ooc.graphstore.dataset import Dataset
 from gnn_ooc.graphstore.direct import DirectStore
 from gnn_ooc.graphstore.directio import process_read_bytes
+from gnn_ooc.graphstore.integrity import CheckReport, check_dataset, check_labelled, verify_entry
 from gnn_ooc.graphstore.online_cache import SieveCache
 from gnn_ooc.graphstore.pack import PackedEpoch, PackSpec, fit_segment_batches, pack_epoch
 from gnn_ooc.graphstore.placement import place_by_hotness, rows_for_budget
@@ -47,15 +49,19 @@ from gnn_ooc.graphstore.tiering import (
     build_tiered_store,
     place_from_counts,
 )
+from gnn_ooc.memory import MemoryMeter, release_free_memory
+from gnn_ooc.sampler.background import BackgroundPlanner
+from gnn_ooc.sampler.base import SampleKey
 from gnn_ooc.sampler.neighbor import NeighborSampler
-from gnn_ooc.sampler.plan import BackgroundPlanner, Planner, PlanSpec
-from gnn_ooc.tools.units import parse_size_or_multiple
+from gnn_ooc.sampler.plan import Plan, Planner, PlanSpec
 from gnn_ooc.trainer.checkpoint import latest_checkpoint, load_checkpoint
 from gnn_ooc.trainer.config import ConfigError, TrainConfig, resolve_device, saved_config_path
 from gnn_ooc.trainer.distributed import detect_env, init, on_rank0, shutdown
 from gnn_ooc.trainer.loop import LoopSettings, Trainer
 from gnn_ooc.trainer.models import make_model
+from gnn_ooc.trainer.runfolder import RunFolder, mark_owner
 from gnn_ooc.trainer.sources import BatchSource, OfflineSource, SampledSource
+from gnn_ooc.units import format_size, parse_size_or_multiple
 
 Say = Callable[[str], None]
 BACKGROUND_NICE = 10  # planning ahead gets the CPU training leaves idle, not the cores it is using
@@ -68,46 +74,75 @@ def run_folder(cfg: TrainConfig) -> Path:
     return Path(cfg.dataset) / "runs" / time.strftime("%Y%m%d-%H%M%S")
 
 
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the dataset and run folders absolute: the saved config works from any folder
+    (``--resume`` and ``embed`` from elsewhere)."""
+    return dataclasses.replace(cfg, dataset=str(Path(cfg.dataset).absolute()),
+                               out=str(run_folder(cfg).absolute()))
+
+
 def train(cfg: TrainConfig, *, say: Say = print, rank: int | None = None,
           world: int | None = None) -> dict[str, Any]:
     """Train from scratch into ``cfg.out`` (created; an existing run there must be resumed instead).
 
     Without ``rank``/``world`` a torchrun or srun environment (``distributed.detect_env``) makes
     this one of several DDP processes: the process group lives for this call, and only rank 0
-    creates the run folder, logs and writes files.
+    creates the run folder (and holds its lock), logs and writes files.
     """
     with _processes(cfg, rank, world) as (rank, world):
         # rank 0's folder for everyone: each rank's own default (a timestamp) may differ by a second
-        run = on_rank0(lambda: _create_run(cfg), rank, world)
-        return _fit(cfg, run, None, _rank_say(say, rank), rank, world)
+        cfg = on_rank0(lambda: absolute_paths(cfg), rank, world)
+        with _held(rank, world) as held:
+            run = on_rank0(lambda: _create_run(cfg, held), rank, world)
+            return _fit(cfg, run, None, _rank_say(say, rank), rank, world)
 
 
-def _create_run(cfg: TrainConfig) -> Path:
-    run = run_folder(cfg)
-    if latest_checkpoint(run) is not None:
-        raise ConfigError(f"{run}: holds a run already; use --resume {run} or another --out")
-    run.mkdir(parents=True, exist_ok=True)
+@contextlib.contextmanager
+def _held(rank: int, world: int) -> Iterator[list[RunFolder]]:
+    """The run folder locks this process takes (rank 0's), released when the call ends."""
+    held: list[RunFolder] = []
+    try:
+        yield held
+    finally:
+        for folder in held:
+            folder.release()
+
+
+def _create_run(cfg: TrainConfig, held: list[RunFolder]) -> Path:
+    run = Path(cfg.out)
+    ds = Dataset.open(cfg.dataset)
+    held.append(RunFolder.create(run, dataset_path=ds.path, identity=ds.identity()))
     cfg.save(run / "config.yaml" if _has_yaml() else run / "config.json")
     return run
 
 
 def resume(run: Path, overrides: dict[str, Any] | None = None, *, say: Say = print, rank: int | None = None,
-           world: int | None = None) -> dict[str, Any]:
-    """Continue ``run`` from its newest checkpoint; only ``RESUMABLE`` settings may change.
+           world: int | None = None, dataset: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Continue ``run`` from its newest checkpoint; only ``RESUMABLE`` settings may change, and
+    ``dataset`` only to the same dataset moved elsewhere (its identity must be the run's).
 
     Every rank reads the config and the checkpoint (rank 0's, saved for all), so the run
     folder must be on a filesystem all of them see.
     """
-    run = Path(run)
+    run = Path(run).absolute()
     cfg_path = saved_config_path(run)
     bad = sorted(k for k, v in (overrides or {}).items() if v is not None and k not in RESUMABLE)
     if bad:
         raise ConfigError(f"--resume keeps the run's settings; these cannot change: {', '.join(bad)}")
     saved = TrainConfig.load(cfg_path)
+    if dataset is not None:
+        saved = dataclasses.replace(saved, dataset=str(Path(dataset).absolute()))
     cfg = TrainConfig.resolve(saved.to_dict(), overrides, source=str(cfg_path))
-    state = load_checkpoint(latest_checkpoint(run))
-    with _processes(cfg, rank, world) as (rank, world):
+    with _processes(cfg, rank, world) as (rank, world), _held(rank, world) as held:
+        on_rank0(lambda: _open_run(run, cfg, held), rank, world)
+        state = load_checkpoint(latest_checkpoint(run))
         return _fit(cfg, run, state, _rank_say(say, rank), rank, world)
+
+
+def _open_run(run: Path, cfg: TrainConfig, held: list[RunFolder]) -> None:
+    held.append(RunFolder.open(run))
+    ds = Dataset.open(cfg.dataset)
+    RunFolder.check_dataset(run, ds.path, ds.identity())
 
 
 @contextlib.contextmanager
@@ -154,33 +189,96 @@ def _fit(cfg: TrainConfig, run: Path, state: dict[str, Any] | None, say: Say, ra
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (distributed.init)
     ds = Dataset.open(cfg.dataset)
     mode = _mode(cfg)
-    first_epoch = int(state["loop"]["epoch"]) if state else 0
-    train_src, evals = build_sources(cfg, ds, mode, run, first_epoch, say, rank, world)
-    model, optimizer, scheduler = build_model(cfg, ds, device)
-    if world > 1:
-        model = _ddp(model, device)
-    depth = _depth(cfg, ds)
-    settings = LoopSettings(epochs=cfg.epochs, device=str(device), precision=cfg.precision,
-                            eval_every=cfg.eval_every, patience=cfg.patience, checkpoint_every=cfg.checkpoint_every,
-                            depth=depth, progress=cfg.progress, max_steps=cfg.max_steps, rank=rank, world=world)
-    trainer = Trainer(model, optimizer, scheduler, train_src, evals, run, settings, say=say)
-    if state is not None:
-        trainer.load_state_dict(state)
-        say(f"resuming {run} at epoch {trainer.state.epoch}, batch {trainer.state.position} (step {trainer.state.step})")
-    say(f"training {cfg.model} on {ds.path} in {mode} mode on {device}: {len(train_src.local_batches(first_epoch))} "
-        f"batches per epoch{f' per rank ({world} ranks)' if world > 1 else ''}, pipeline depth {depth}; run {run}")
-    setup = time.perf_counter() - t0  # features loaded (memory) or the first epoch planned and packed (offline)
+    checked = _check_data(cfg, ds, mode, say)
+    meter = _start_meter(cfg, ds)
     try:
+        trainer = _train(cfg, ds, mode, run, state, say, rank, world, device, t0, meter)
+    finally:
+        memory = meter.stop()
+    _say_memory(memory, say)
+    summary = {"run": str(run), **_summary(cfg, mode, trainer), "setup_seconds": trainer.setup_seconds,
+               "kernel_read_bytes": process_read_bytes(), "integrity": checked.as_dict(), "memory": memory}
+    if rank == 0:
+        atomic_write_bytes(run / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    return summary
+
+
+def _train(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, state: dict[str, Any] | None, say: Say, rank: int,
+           world: int, device: torch.device, t0: float, meter: MemoryMeter) -> Trainer:
+    """Sources, model and loop of one run; trains, closes the sources, returns the trainer."""
+    first_epoch = int(state["loop"]["epoch"]) if state else 0
+    train_src, evals = build_sources(cfg, ds, mode, run, first_epoch, say, rank, world, meter=meter)
+    try:
+        model, optimizer, scheduler = build_model(cfg, ds, device)
+        if world > 1:
+            model = _ddp(model, device)
+        depth = _depth(cfg, ds)
+        settings = LoopSettings(epochs=cfg.epochs, device=str(device), precision=cfg.precision,
+                                eval_every=cfg.eval_every, patience=cfg.patience,
+                                checkpoint_every=cfg.checkpoint_every, depth=depth, progress=cfg.progress,
+                                max_steps=cfg.max_steps, rank=rank, world=world)
+        trainer = Trainer(model, optimizer, scheduler, train_src, evals, run, settings, say=say)
+        if state is not None:
+            trainer.load_state_dict(state)
+            say(f"resuming {run} at epoch {trainer.state.epoch}, batch {trainer.state.position} "
+                f"(step {trainer.state.step})")
+        say(f"training {cfg.model} on {ds.path} in {mode} mode on {device}: "
+            f"{len(train_src.local_batches(first_epoch))} batches per epoch"
+            f"{f' per rank ({world} ranks)' if world > 1 else ''}, pipeline depth {depth}; run {run}")
+        # features loaded (memory) or the first epoch planned and packed (offline)
+        trainer.setup_seconds = time.perf_counter() - t0
+        release_free_memory()  # what setup freed (planning, packing epoch 0) goes back before training
         trainer.fit()
     finally:
         train_src.close()
         for src in evals.values():
             if src is not train_src:
                 src.close()
-    summary = {**_summary(cfg, mode, trainer), "setup_seconds": setup, "kernel_read_bytes": process_read_bytes()}
-    if rank == 0:
-        atomic_write_bytes(run / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-    return summary
+    done = trainer.state.epoch >= cfg.epochs or trainer.state.stopped_early
+    if done and isinstance(train_src, OfflineSource):  # each rank's plan is its own
+        train_src.epochs.remove_own()  # nothing left to resume: the run's plan (or its packs) go
+    return trainer
+
+
+def _start_meter(cfg: TrainConfig, ds: Dataset) -> MemoryMeter:
+    """The run's memory meter, its baseline taken once the libraries and kernels are loaded (a
+    one-seed sample, a tiny step) and before any data is: what the budget covers comes after."""
+    sampler = NeighborSampler(ds, list(cfg.fanouts))
+    seeds = np.asarray(ds.split("train")[:1], dtype=np.int64)
+    if seeds.size:
+        sampler.sample(seeds, SampleKey(cfg.seed, 0, 0))
+        sampler.serial().sample(seeds, SampleKey(cfg.seed, 0, 0))
+    x = torch.ones(4, 4, requires_grad=True)
+    step = torch.optim.Adam([x])  # torch.optim's first use imports the compiler stack: ~70 MiB of code
+    torch.zeros(4, 4).index_add_(0, torch.arange(4), x @ x).sum().backward()
+    step.step()
+    release_free_memory()
+    return MemoryMeter(cfg.memory_budget).start()
+
+
+def _say_memory(memory: dict[str, Any], say: Say) -> None:
+    above, budget = memory["peak_above_baseline"], memory["budget"]
+    line = (f"memory: peak {format_size(above)} above the baselines (trainer {format_size(memory['trainer_baseline'])}"
+            + (f", planner {format_size(memory['planner_baseline'])}" if memory["planner_baseline"] else "")
+            + f"), budget {format_size(budget)}")
+    say(line if memory["within_budget"] else f"warning: {line}: OVER the budget; raise --memory-budget, or lower "
+        "--batch-size, --fanouts or --prefetch")
+
+
+def _check_data(cfg: TrainConfig, ds: Dataset, mode: str, say: Say) -> CheckReport:
+    """Check the bytes training reads before the first step (``graphstore.integrity``): the
+    topology, labels and splits here; the features here in online and mmap modes, while loading
+    them in memory mode, during the first pack pass offline."""
+    if mode == "memory" and ds.has("features") and ds.manifest.files["features"].size > cfg.memory_budget:
+        raise MemoryBudgetError(
+            f"--mode memory holds the features in RAM ({format_size(ds.manifest.files['features'].size)}), more "
+            f"than --memory-budget {format_size(cfg.memory_budget)}: raise the budget, or train out of core "
+            "(--mode offline, the default)")
+    report = check_dataset(ds, features=mode in ("online", "mmap"))
+    for split in ("train", "valid", "test"):
+        check_labelled(ds, split)
+    say(f"checked {len(report.files)} dataset files ({format_size(report.bytes)}) in {report.seconds:.2f} s")
+    return report
 
 
 def _seed_everything(seed: int, threads: int | None) -> None:
@@ -209,18 +307,20 @@ def _depth(cfg: TrainConfig, ds: Dataset) -> int:
 
 # --- sources -----------------------------------------------------------------------------------------
 def build_sources(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, first_epoch: int, say: Say,
-                  rank: int = 0, world: int = 1) -> tuple[BatchSource, dict[str, BatchSource]]:
+                  rank: int = 0, world: int = 1, *, meter: MemoryMeter | None = None
+                  ) -> tuple[BatchSource, dict[str, BatchSource]]:
     """The training source of ``mode`` and the evaluation sources (valid, test) over the same store."""
     labels = ds.labels
     if labels is None:
-        raise ConfigError(f"{ds.path}: the dataset has no labels; node classification needs them")
+        raise DatasetError(f"{ds.path}: the dataset has no labels; node classification needs them "
+                           "(preprocess it with --labels)")
     sampler = NeighborSampler(ds, list(cfg.fanouts))
     device = resolve_device(cfg.device)
     # under CUDA: page-locked batches (asynchronous copies), and the device cache in GPU memory,
     # its rows gathered there after each copy
     pin = device.type == "cuda"
     if mode == "offline":
-        offline = _offline(cfg, ds, sampler, run, first_epoch, labels, say, rank, world, device)
+        offline = _offline(cfg, ds, sampler, run, first_epoch, labels, say, rank, world, device, meter)
         train_src: BatchSource = offline
         store: Any = offline.store
     else:
@@ -233,7 +333,7 @@ def build_sources(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, first_epo
         if not (ds.has(f"split/{split}") and ds.split(split).size):
             continue
         if mode == "offline" and cfg.eval_every:
-            evals[split] = _offline_eval(cfg, ds, eval_sampler, split, train_src, labels, say, pin, rank, world)
+            evals[split] = _offline_eval(cfg, ds, eval_sampler, split, train_src, labels, say, pin, rank, world, run)
         else:
             evals[split] = SampledSource(ds.split(split), labels, eval_sampler, store,
                                          batch_size=cfg.eval_batch_size or cfg.batch_size, seed=cfg.seed + 1,
@@ -270,18 +370,28 @@ class OfflineEpochs:
 
     def __init__(self, ds: Dataset, sampler: NeighborSampler, plan_spec: PlanSpec, pack_spec: PackSpec,
                  placement: Callable[[Any], Placement], epochs: range, keep_epochs: int, say: Say,
-                 segment_limit: int = 0) -> None:
-        planner = Planner(ds, sampler, plan_spec, progress=say)
+                 segment_limit: int = 0, *, bars: bool = False, shared: bool = False, auto_segments: bool = False,
+                 on_ready: Callable[[int, int], None] | None = None) -> None:
+        """``shared``: the plan is the user's (``--plan``): the epochs on it now are kept after use;
+        ``auto_segments``: ``pack_spec.segment_batches`` is fitted to ``segment_limit``."""
+        planner = Planner(ds, sampler, plan_spec, progress=say, bars=bars)
+        self.kept = set(planner.plan.epochs()) if shared else set()  # never ours to delete
         self.first = epochs.start
+        self.eval_prefix = planner.plan.path.name
         planner.plan_epoch(self.first)
         self.plan = planner.plan
-        self.pack_spec = _fit_segments(pack_spec, self.plan.epoch(self.first), ds.feature_row_bytes, segment_limit)
-        if pack_spec.segment_batches == 0:
+        self.pack_spec = pack_spec
+        if auto_segments:
+            self.pack_spec = dataclasses.replace(pack_spec, segment_batches=fit_segment_batches(
+                self.plan.epoch(self.first), ds.feature_row_bytes, segment_limit))
             say(f"packing {self.pack_spec.segment_batches} batches per segment (two segment buffers of "
-                f"{segment_limit >> 20} MiB)")
+                f"{format_size(segment_limit)})")
         self.placement = placement(self.plan)
-        features = ds.path / ds.manifest.files["features"].name
-        pack_epoch(self.plan, self.first, self.placement.cached, features, self.pack_spec, progress=say)
+        entry = ds.manifest.files["features"]
+        stats = pack_epoch(self.plan, self.first, self.placement.cached, ds.path / entry.name, self.pack_spec,
+                           progress=say, features_checksum=entry.checksum, bars=bars)
+        if stats.passes == 0:  # nothing to pack (all cached, or kept from before): check the rows now
+            verify_entry(ds.path, entry, direct=True)
         rest = list(epochs)[1:]
         self.background: BackgroundPlanner | None = None
         if rest:
@@ -289,19 +399,23 @@ class OfflineEpochs:
             # the one after as soon as it is released (the child once waited for the next's release)
             self.background = BackgroundPlanner(ds, sampler, plan_spec, rest, keep_epochs=max(2, keep_epochs),
                                                 pack=(self.pack_spec, self.placement.cached), nice=BACKGROUND_NICE,
-                                                held=1).__enter__()
+                                                held=1, kept=self.kept, on_ready=on_ready).__enter__()
 
     def wait(self, epoch: int) -> Any:
         if epoch == self.first:
-            return self.plan.epoch(epoch)
-        assert self.background is not None
-        return self.background.wait(epoch)
+            plan = self.plan.epoch(epoch)
+        else:
+            assert self.background is not None
+            plan = self.background.wait(epoch)
+        plan.verify()  # the epoch's batches are read through memory maps: checked whole before use
+        return plan
 
     def release(self, epoch: int) -> None:
         if epoch == self.first:
             from gnn_ooc.graphstore.atomic import remove_dir
 
-            self.plan.release(epoch)
+            if epoch not in self.kept:
+                self.plan.release(epoch)
             remove_dir(self.plan.path / "packs" / self.pack_spec.name / f"epoch-{epoch:06d}", self.plan.path)
             if self.background is not None:
                 self.background.release_held()
@@ -318,18 +432,35 @@ class OfflineEpochs:
             self.background.close()
             self.background = None
 
+    def remove_own(self) -> None:
+        """Remove what the run wrote for itself once it is done: its own plan, or in a shared plan
+        (``--plan``) its packs (the plan and the epochs it held before stay)."""
+        from gnn_ooc.graphstore.atomic import remove_dir
+
+        if self.kept or self.pack_spec.name != "default":
+            remove_dir(self.plan.path / "packs" / self.pack_spec.name, self.plan.path)
+        else:
+            remove_dir(self.plan.path, self.plan.path.parent)
+
 
 def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, run: Path, first_epoch: int,
-             labels: np.ndarray, say: Say, rank: int, world: int, device: torch.device) -> OfflineSource:
-    plan_name = "run-" + hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:12]
+             labels: np.ndarray, say: Say, rank: int, world: int, device: torch.device,
+             meter: MemoryMeter | None = None) -> OfflineSource:
+    plan_name = cfg.plan or "run-" + hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:12]
+    if cfg.plan is not None and world > 1:
+        raise ConfigError("plan: a shared plan under DDP is not supported yet (each rank plans its own); "
+                          "leave --plan out")
     if world > 1:
         # a plan per rank: no rank reads files another is writing or releasing, and it works
         # when each node keeps the dataset on its own local disk
         plan_name += f"-rank{rank}"
     plan_spec = PlanSpec(name=plan_name, batch_size=cfg.batch_size, seed=cfg.seed,
                          threads=cfg.threads, memory_budget=_planning_budget(cfg))
-    pack_spec = PackSpec(segment_batches=cfg.segment_batches, memory_budget=_planning_budget(cfg),
+    # 0 (auto) is fitted to the first epoch below; a shared plan's packs are this run's own
+    pack_spec = PackSpec(name="default" if cfg.plan is None else _run_pack_name(run),
+                         segment_batches=cfg.segment_batches or 1, memory_budget=_planning_budget(cfg),
                          pack_budget=_pack_budget(cfg, ds))
+    auto_segments = cfg.segment_batches == 0
     row_bytes = ds.feature_row_bytes
     budgets = CacheBudgets(cfg.gpu_cache, cfg.cpu_cache, cfg.memory_budget)
 
@@ -337,12 +468,49 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, run: Path,
         counts = plan.epoch(first_epoch).access_counts()
         return place_from_counts(np.asarray(counts), row_bytes, budgets, cuda_available())
 
+    if cfg.plan is not None:
+        check_plan_fits(ds, cfg.plan, sampler, plan_spec)
     epochs = OfflineEpochs(ds, sampler, plan_spec, pack_spec, placement, range(first_epoch, cfg.epochs),
-                           cfg.keep_epochs, say, segment_limit=_segment_limit(cfg))
+                           cfg.keep_epochs, say, segment_limit=_segment_limit(cfg), bars=cfg.progress and rank == 0,
+                           shared=cfg.plan is not None, auto_segments=auto_segments,
+                           on_ready=None if meter is None else meter.watch)
+    epochs.eval_prefix = _run_pack_name(run) + (f"-rank{rank}" if world > 1 else "")
+    # what gnn-ooc clean needs to know: this plan (or, in a shared one, these packs) serve this run
+    mark_owner(epochs.plan.path if cfg.plan is None else epochs.plan.path / "packs" / pack_spec.name, run)
     store = build_tiered_store(ds, epochs.placement, device=device)
     cuda = device.type == "cuda"
     return OfflineSource(epochs, epochs.packed, labels, store, rank=rank, world=world, sampler=sampler,
                          on_close=epochs.close, pin=cuda, defer_device=cuda)
+
+
+def _run_pack_name(run: Path) -> str:
+    """A run's own packs inside a shared plan: removed after use, never another run's."""
+    return "run-" + hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:12]
+
+
+def plan_defaults(dataset: str | os.PathLike[str], name: str) -> dict[str, Any]:
+    """The settings a ``--plan`` fixes (fan-outs, batch size, seed, split): the defaults of a run
+    that trains on it, so that ``train --plan NAME`` needs no other flag."""
+    plan = Plan.open(Dataset.open(dataset), name)
+    sampler, batching = plan.meta.get("sampler", {}), plan.meta.get("batching", {})
+    if not str(sampler.get("sampler", "")).endswith("NeighborSampler") or sampler.get("weighted"):
+        raise ConfigError(f"plan {name!r} was made with {sampler.get('sampler')} (weighted: {sampler.get('weighted')}); "
+                          "train --plan takes unweighted neighbour-sampler plans (gnn-ooc sample --sampler neighbor)")
+    if batching.get("split", "train") != "train" or batching.get("drop_last"):
+        raise ConfigError(f"plan {name!r} batches the {batching.get('split')} split (drop_last "
+                          f"{batching.get('drop_last')}); train --plan needs a plan of the train split, every batch")
+    return {"fanouts": list(sampler["fanouts"]), "batch_size": batching["batch_size"], "seed": batching["seed"]}
+
+
+def check_plan_fits(ds: Dataset, name: str, sampler: Any, spec: PlanSpec) -> None:
+    """Refuse a ``--plan`` whose batches are not the ones these settings would make."""
+    plan = Plan.open(ds, name)
+    have = (plan.meta.get("sampler", {}).get("fanouts"), plan.meta.get("batching", {}))
+    want = (list(sampler.settings()["fanouts"]), spec.batching())
+    if have != want or plan.meta.get("sampler") != json.loads(json.dumps(sampler.settings())):
+        raise ConfigError(f"plan {name!r} was made with fan-outs {have[0]} and {have[1]}; this run asks for "
+                          f"fan-outs {want[0]} and {want[1]}: leave --fanouts, --batch-size and --seed out to "
+                          "train on the plan's, or plan again")
 
 
 class FixedEpoch:
@@ -368,19 +536,24 @@ class FixedEpoch:
 
 
 def _offline_eval(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, split: str, train_src: Any,
-                  labels: np.ndarray, say: Say, pin: bool = False, rank: int = 0, world: int = 1) -> OfflineSource:
+                  labels: np.ndarray, say: Say, pin: bool = False, rank: int = 0, world: int = 1,
+                  run: Path | None = None) -> OfflineSource:
     """``split``'s evaluation batches (the ones ``SampledSource`` would sample: seed + 1, epoch 0),
     planned and packed once beside the training plan, over the training caches."""
     epochs: OfflineEpochs = train_src.epochs
-    spec = PlanSpec(name=f"{epochs.plan.path.name}-{split}", split=split, batch_size=cfg.eval_batch_size or cfg.batch_size,
+    spec = PlanSpec(name=f"{epochs.eval_prefix}-{split}", split=split, batch_size=cfg.eval_batch_size or cfg.batch_size,
                     seed=cfg.seed + 1, threads=cfg.threads, memory_budget=_planning_budget(cfg))
     planner = Planner(ds, sampler, spec, progress=say)
+    if run is not None:
+        mark_owner(planner.plan.path, run)
     planner.plan_epoch(0)
     features = ds.path / ds.manifest.files["features"].name
     # fitted to the evaluation batches (their size may differ from training's)
-    pack_spec = _fit_segments(dataclasses.replace(epochs.pack_spec, segment_batches=cfg.segment_batches),
-                              planner.plan.epoch(0), ds.feature_row_bytes, _segment_limit(cfg))
-    pack_epoch(planner.plan, 0, epochs.placement.cached, features, pack_spec, progress=say)
+    segments = cfg.segment_batches or fit_segment_batches(planner.plan.epoch(0), ds.feature_row_bytes,
+                                                          _segment_limit(cfg))
+    pack_spec = dataclasses.replace(epochs.pack_spec, segment_batches=segments)
+    pack_epoch(planner.plan, 0, epochs.placement.cached, features, pack_spec, progress=say,
+               features_checksum=ds.manifest.files["features"].checksum)
     fixed = FixedEpoch(planner.plan, pack_spec.name)
     # the buffers go back after each evaluation: training holds its own two meanwhile
     return OfflineSource(fixed, fixed.packed, labels, train_src.store, sampler=sampler, on_close=fixed.remove,
@@ -397,13 +570,6 @@ def _segment_limit(cfg: TrainConfig) -> int:
     return cfg.memory_budget // 8
 
 
-def _fit_segments(spec: PackSpec, epoch_plan: Any, row_bytes: int, limit: int) -> PackSpec:
-    """``spec``, its ``segment_batches: 0`` (auto) replaced by as many batches as one buffer holds."""
-    if spec.segment_batches:
-        return spec
-    return dataclasses.replace(spec, segment_batches=fit_segment_batches(epoch_plan, row_bytes, limit))
-
-
 def _pack_budget(cfg: TrainConfig, ds: Dataset) -> int | None:
     if cfg.pack_budget is None:
         return None
@@ -413,7 +579,8 @@ def _pack_budget(cfg: TrainConfig, ds: Dataset) -> int | None:
 # --- model -------------------------------------------------------------------------------------------
 def build_model(cfg: TrainConfig, ds: Dataset, device: torch.device) -> tuple[torch.nn.Module, Any, Any]:
     if ds.num_classes is None or ds.feature_dim is None:
-        raise ConfigError(f"{ds.path}: training needs node features and labels")
+        raise DatasetError(f"{ds.path}: training needs node features and labels (preprocess it with "
+                           "--features and --labels)")
     kwargs: dict[str, Any] = {"in_dim": ds.feature_dim, "hidden": cfg.hidden, "out_dim": ds.num_classes,
                               "num_layers": cfg.num_layers, "dropout": cfg.dropout, "norm": cfg.norm}
     if cfg.model == "gat":

@@ -120,7 +120,8 @@ def test_corrupt_or_truncated_segment_is_named(setup: tuple) -> None:
 
 
 def test_background_planner_packs_each_epoch_and_release_removes_it(tmp_path: Path) -> None:
-    from gnn_ooc.sampler.plan import BackgroundPlanner, Plan
+    from gnn_ooc.sampler.background import BackgroundPlanner
+    from gnn_ooc.sampler.plan import Plan
 
     root = tmp_path
     rng = np.random.default_rng(3)

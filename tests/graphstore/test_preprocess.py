@@ -35,6 +35,7 @@ def test_round_trip_with_features_labels_splits(tmp_path: Path, rng: np.random.G
     src, dst = random_graph(rng, n, e)
     feats = rng.standard_normal((n, 12)).astype(np.float64)
     labels = rng.integers(-1, 5, n)
+    labels[:300] = rng.integers(0, 5, 300)  # split nodes must be labelled
     splits = {"train": np.arange(0, 100), "valid": np.arange(100, 150), "test": np.arange(150, 300)}
     raw = write_raw(tmp_path / "raw", src, dst, features=feats, labels=labels, splits=splits, row_group_size=5000)
     out = tmp_path / "ds"
@@ -171,7 +172,9 @@ def test_ogb_folder(tmp_path: Path, rng: np.random.Generator) -> None:
     gz(root / "raw" / "node-feat.csv.gz", [",".join(repr(float(v)) for v in r) for r in feats])
     gz(root / "raw" / "node-label.csv.gz", ["nan" if np.isnan(v) else str(int(v)) for v in labels])
     gz(root / "raw" / "num-node-list.csv.gz", [str(n)])
-    for name, ids in {"train": range(0, 10), "valid": range(10, 20), "test": range(20, 30)}.items():
+    # node 5 is unlabelled (NaN), so no split holds it (as in OGB's own splits)
+    train = [i for i in range(10) if i != 5]
+    for name, ids in {"train": train, "valid": range(10, 20), "test": range(20, 30)}.items():
         gz(root / "split" / "time" / f"{name}.csv.gz", [str(i) for i in ids])
     assert main(["preprocess", "--ogb", str(root), "-o", str(tmp_path / "ds")]) == 0
     ds = Dataset.open(tmp_path / "ds")
@@ -213,3 +216,41 @@ def test_property_preprocess_round_trip(tmp_path: Path, case: tuple) -> None:
     preprocess(spec(out, raw / "edges.parquet", num_nodes=n, undirected=undirected, drop_self_loops=loops,
                     dedup=dedup, memory_budget=1 << 20))
     assert_csc(Dataset.open(out), src, dst, n, undirected=undirected, drop_self_loops=loops, dedup=dedup)
+
+
+@pytest.mark.parametrize("first", [3000, 60_000])  # widened while buffered, and after spilling
+def test_ids_growing_through_the_file_widen_the_ranges(tmp_path: Path, rng: np.random.Generator, first: int) -> None:
+    # Without a node count the destination ranges are sized from the first chunk; ids 10^4 x
+    # larger later must not make every chunk's bucket counters grow with them (nor break the CSC).
+    e, n = 120_000, 80_000
+    src, dst = rng.integers(0, n, e), rng.integers(0, n, e)
+    src[:first], dst[:first] = rng.integers(0, 8, first), rng.integers(0, 8, first)
+    dst[-1] = n - 1
+    np.save(tmp_path / "e.npy", np.stack([src, dst]))
+    r = preprocess(spec(tmp_path / "ds", tmp_path / "e.npy", memory_budget=1 << 20, undirected=True))
+    assert r.manifest.num_nodes == n and r.manifest.stats["buckets"] <= 4 * 4096
+    assert (first < 60_000) or r.manifest.stats["scratch_bytes"] > 0
+    assert_csc(Dataset.open(tmp_path / "ds"), src, dst, n, undirected=True)
+
+
+def test_csc_builder_memory_stays_bounded_for_huge_late_ids(tmp_path: Path) -> None:
+    from gnn_ooc.graphstore.csc import CscBuilder
+
+    b = CscBuilder(tmp_path, num_nodes=None, memory_budget=1 << 24)
+    b.add(np.array([0, 1, 2]), np.array([1, 2, 0]))
+    b.add(np.array([5]), np.array([10**15]))  # counters per bucket would need petabytes before
+    assert b._shift is not None and 8 * b._parts * ((b.max_id >> b._shift) + 1) <= (1 << 24) // 8
+
+
+def test_one_column_features_and_a_byte_order_mark(tmp_path: Path) -> None:
+    (tmp_path / "e.csv").write_bytes(b"\xef\xbb\xbfsrc,dst\r\n0,1\r\n1,2\r\n")
+    np.save(tmp_path / "f.npy", np.arange(3, dtype=np.float32))  # [N]: one feature per node
+    r = preprocess(spec(tmp_path / "ds", tmp_path / "e.csv", features=tmp_path / "f.npy"))
+    assert r.manifest.feature_dim == 1 and Dataset.open(tmp_path / "ds").features[:, 0].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_parquet_statistics_of_ids_after_a_nested_column(tmp_path: Path) -> None:
+    # Statistics are per leaf column; a struct before the ids once made the 500 look like a 4.
+    t = pa.table({"meta": pa.array([{"a": 1, "b": 2}, {"a": 3, "b": 4}]), "src": [0, 1], "dst": [1, 500]})
+    pq.write_table(t, tmp_path / "e.parquet")
+    assert preprocess(spec(tmp_path / "ds", tmp_path / "e.parquet")).manifest.num_nodes == 501

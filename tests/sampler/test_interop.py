@@ -360,6 +360,72 @@ def test_node_loader_workers_get_the_loader_batch_keys() -> None:
         assert b.n_id.tolist() == s.sample(inputs[3 * i : 3 * i + 3], SampleKey(3, 0, i)).node.tolist()
 
 
+def memmapped_neighbor_sampler(tmp_path: Any) -> Sampler:
+    """A NeighborSampler (numba kernels) over make_csc() saved and memory-mapped, as a Dataset's are."""
+    from gnn_ooc.sampler.neighbor import NeighborSampler
+
+    indptr, indices, _ = make_csc()
+    np.save(tmp_path / "indptr.npy", indptr)
+    np.save(tmp_path / "indices.npy", indices.astype(np.int32))
+    maps = (np.load(tmp_path / "indptr.npy", mmap_mode="r"), np.load(tmp_path / "indices.npy", mmap_mode="r"))
+    return NeighborSampler(maps, [3, 2], return_edge_ids=True)
+
+
+def loader_batches(data: Any, sampler: Sampler, inputs: Any, **kwargs: Any) -> list[tuple[list[int], list[int]]]:
+    from torch_geometric.loader import NodeLoader
+
+    loader = NodeLoader(data, node_sampler=interop.to_pyg_sampler(sampler, seed=3), input_nodes=inputs, batch_size=3,
+                        **kwargs)
+    return [(b.n_id.tolist(), b.e_id.tolist()) for b in loader]
+
+
+def check_loader_workers(context: str, worker_counts: tuple[int, ...], tmp_path: Any) -> None:
+    """The same batches with ``worker_counts`` workers under ``context`` as without workers (the
+    adapter keys batch n * W + w of worker w)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch_geometric", reason="the PyG adapter needs torch_geometric")
+    import multiprocessing
+
+    if context not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"needs the {context} start method")
+    data, _, _ = pyg_graph(torch)
+    s = memmapped_neighbor_sampler(tmp_path)
+    inputs = torch.arange(0, 40, 2)  # 7 batches: not a multiple of the worker counts
+    want = loader_batches(data, s, inputs)  # in this process, parallel kernels: numba's pool starts
+    assert want[1][0] == s.sample(inputs[3:6], SampleKey(3, 0, 1)).node.tolist()
+    for workers in worker_counts:
+        got = loader_batches(data, s, inputs, num_workers=workers, multiprocessing_context=context)
+        assert got == want, f"{workers} {context} workers gave other batches"
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 3 workers on 2 cores
+def test_node_loader_fork_workers_with_our_numba_sampler(tmp_path: Any) -> None:
+    """A forked worker that ran numba's parallel kernels after the parent had started numba's GNU
+    OpenMP pool was terminated ("fork() called from a process already using GNU OpenMP")."""
+    check_loader_workers("fork", (2, 3), tmp_path)
+
+
+@pytest.mark.slow  # each spawned worker imports torch, PyG and the kernels again (seconds)
+def test_node_loader_spawn_workers_with_our_numba_sampler(tmp_path: Any) -> None:
+    """Spawned workers map the dataset's files again by name (the sampler pickles file names)."""
+    check_loader_workers("spawn", (2,), tmp_path)
+
+
+def test_adapter_samples_serially_in_workers(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """In a DataLoader worker the adapter uses the sampler's serial() twin: a worker is a core's work."""
+    pytest.importorskip("torch_geometric", reason="the PyG adapter needs torch_geometric")
+    import torch.utils.data
+
+    s = memmapped_neighbor_sampler(tmp_path)
+    a = interop.to_pyg_sampler(s, seed=1)
+    assert a._sampler_here() is s
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: types.SimpleNamespace(num_workers=2, id=0))
+    twin = a._sampler_here()
+    assert twin is a._sampler_here() and twin.parallel is False and s.parallel is True
+    ups = interop.to_pyg_sampler(UpToK(*make_csc()[:2]), seed=1)
+    assert ups._sampler_here() is ups.sampler  # no serial(): the sampler itself
+
+
 def test_adapter_refuses_what_it_cannot_do() -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("torch_geometric", reason="the PyG adapter needs torch_geometric")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +14,8 @@ import pytest
 from gnn_ooc.graphstore.base import PreprocessSpec
 from gnn_ooc.graphstore.dataset import Dataset
 from gnn_ooc.graphstore.preprocess import preprocess
-from gnn_ooc.sampler.base import SampleKey, SamplerError
+from gnn_ooc.sampler.base import CorruptGraphError, SampleKey, Sampler, SamplerError
+from gnn_ooc.sampler.layerwise import LayerWiseSampler
 from gnn_ooc.sampler.neighbor import NeighborSampler
 from tests.conftest import write_raw
 
@@ -216,3 +219,96 @@ def test_memory_mapped_dataset_and_pickling(small_dataset: Dataset, tmp_path: Pa
         twin = pickle.loads(blob)
         a, b = sampler.sample(np.arange(50), key=2), twin.sample(np.arange(50), key=2)
         assert np.array_equal(a.node, b.node) and np.array_equal(a.row, b.row)
+
+
+# --- a topology damaged during a run ---------------------------------------------------------------
+@pytest.fixture
+def damaged(small_dataset: Dataset, tmp_path: Path) -> Dataset:
+    """A private copy of the small dataset, opened: the tests then change its files under it."""
+    shutil.copytree(small_dataset.path, tmp_path / "ds")
+    return Dataset.open(tmp_path / "ds")
+
+
+def poke(path: Path, position: int, value: int) -> None:
+    """Write one value into a .npy in place, as a disk error or another writer would; the sampler's
+    read-only shared mapping sees it."""
+    arr = np.load(path, mmap_mode="r+")
+    arr[position] = value
+    arr.flush()
+    del arr
+
+
+def in_edges_of(ds: Dataset, v: int) -> tuple[int, int]:
+    return int(ds.indptr[v]), int(ds.indptr[v + 1])
+
+
+def sampler_of(kind: str, ds: Dataset, sizes: list[int]) -> Sampler:
+    if kind == "layerwise":  # the same exposure: it reads the CSC by index too
+        return LayerWiseSampler(ds, sizes)
+    s = NeighborSampler(ds, sizes)
+    return s.serial() if kind == "serial" else s
+
+
+@pytest.mark.parametrize("kind", ["parallel", "serial", "layerwise"])
+@pytest.mark.parametrize("value", ["num_nodes", "negative"])
+def test_a_neighbour_id_outside_the_graph_is_named(damaged: Dataset, value: str, kind: str) -> None:
+    s = sampler_of(kind, damaged, [-1, 3])
+    seeds = np.arange(0, 300, 7)
+    s.sample(seeds, key=1)  # fine before the damage
+    v = int(seeds[np.flatnonzero(np.diff(damaged.indptr)[seeds] > 0)[1]])
+    start, _ = in_edges_of(damaged, v)
+    bad = damaged.num_nodes if value == "num_nodes" else -5
+    poke(damaged.path / "indices.npy", start, bad)
+    with pytest.raises(CorruptGraphError) as err:
+        s.sample(seeds, key=1)
+    msg = str(err.value)
+    assert isinstance(err.value, SamplerError) and "\n" not in msg
+    assert msg.startswith(str(damaged.path / "indices.npy")) and f"position {start} holds node id {bad}," in msg
+    assert f"in-neighbour of node {v})" in msg
+
+
+@pytest.mark.parametrize("kind", ["parallel", "layerwise"])
+@pytest.mark.parametrize("damage", ["decreasing", "past_the_end", "negative"])
+def test_damaged_offsets_are_named(damaged: Dataset, damage: str, kind: str) -> None:
+    s = sampler_of(kind, damaged, [4, 4])
+    seeds = np.arange(10, 60)
+    v = 20
+    start, end = in_edges_of(damaged, v)
+    if damage == "negative":
+        position, value = v, -3
+    else:
+        position, value = v + 1, start - 1 if damage == "decreasing" else damaged.num_edges + 10
+    poke(damaged.path / "indptr.npy", position, value)
+    with pytest.raises(CorruptGraphError, match=r"indptr\.npy: node (19|20)'s offsets indptr\[\d+:\d+\]") as err:
+        s.sample(seeds, key=0)
+    assert str(err.value).startswith(str(damaged.path / "indptr.npy")) and str(value) in str(err.value)
+
+
+# --- in a forked child -----------------------------------------------------------------------------
+def _sample_and_send(s: NeighborSampler, seeds: np.ndarray, key: SampleKey, conn: Any) -> None:
+    out = s.sample(seeds, key)
+    conn.send((out.node.tolist(), out.row.tolist(), out.col.tolist()))
+
+
+def test_sampling_in_a_child_forked_after_the_parallel_kernels_ran() -> None:
+    """numba's GNU OpenMP pool does not survive fork: a child that launched a parallel kernel was
+    terminated (SIGTERM) once the parent had started the pool. It samples serially, the same batch."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("needs the fork start method")
+    indptr, indices = random_csc(5, 2000, 40000)
+    s, seeds, key = NeighborSampler((indptr, indices), [8, 4]), np.arange(0, 2000, 9), SampleKey(2, 0, 1)
+    want = s.sample(seeds, key)  # in the main thread: the parallel kernels start numba's pool
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_sample_and_send, args=(s, seeds, key, send))
+    child.start()
+    send.close()
+    try:
+        got = recv.recv() if recv.poll(60) else None
+    except EOFError:  # it died without sending
+        got = None
+    child.join(60)
+    assert child.exitcode == 0, f"the forked child died (exit code {child.exitcode})"
+    assert got == (want.node.tolist(), want.row.tolist(), want.col.tolist())

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gnn_ooc.graphstore.base import MemoryBudgetError, PreprocessSpec
+from gnn_ooc.graphstore.base import MemoryBudgetError, OutputError, PreprocessSpec
 from gnn_ooc.graphstore.dataset import Dataset
 from gnn_ooc.graphstore.preprocess import preprocess
+from gnn_ooc.sampler.background import BackgroundPlanner
 from gnn_ooc.sampler.base import SampledSubgraph, SampleKey, Sampler
 from gnn_ooc.sampler.layerwise import LayerWiseSampler
 from gnn_ooc.sampler.neighbor import NeighborSampler
 from gnn_ooc.sampler.plan import (
-    BackgroundPlanner,
     Plan,
     PlanError,
     Planner,
@@ -277,7 +277,7 @@ def test_plan_json_records_identity_and_settings(ds: Dataset) -> None:
 
 def test_bad_names_and_cleanup_of_killed_runs(ds: Dataset) -> None:
     for bad in ("", ".", "..", "../x", "a/b", "-x"):
-        with pytest.raises(PlanError, match="plan name"):
+        with pytest.raises(OutputError, match="plan name"):
             PlanSpec(name=bad)
     plan = plan_epochs(ds, NeighborSampler(ds, [3]), 1, SPEC)
     (plan.path / ".epoch-000007.partial-1-dead").mkdir()  # a child killed mid-epoch (lock gone)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gnn_ooc.tools.cli import main
-from gnn_ooc.tools.units import format_size, parse_size
+from gnn_ooc.units import format_size, parse_size
 from tests.conftest import write_raw
 
 

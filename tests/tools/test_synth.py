@@ -410,13 +410,25 @@ def test_existing_output_is_refused(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["g"]
 
 
-def test_overwrite_replaces(tmp_path: Path) -> None:
+def test_overwrite_replaces_a_generated_graph_and_keeps_what_else_it_holds(tmp_path: Path) -> None:
+    out = tmp_path / "g"
+    synth(out, SynthConfig(nodes=80, avg_degree=1))
+    (out / "notes").write_text("x")  # the user's, not synth's
+    synth(out, SynthConfig(nodes=100, avg_degree=1), overwrite=True)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*")) == sorted(FILES)
+    assert (out / "notes").read_text() == "x" and json.loads((out / "synth.json").read_text())["nodes"] == 100
+    assert sorted(os.listdir(tmp_path)) == ["g"]
+
+
+def test_overwrite_refuses_a_folder_synth_did_not_write(tmp_path: Path) -> None:
+    from gnn_ooc.graphstore.base import OutputError
+
     out = tmp_path / "g"
     out.mkdir()
     (out / "stale").write_text("x")
-    synth(out, SynthConfig(nodes=100, avg_degree=1), overwrite=True)
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*")) == sorted(FILES)
-    assert sorted(os.listdir(tmp_path)) == ["g"]
+    with pytest.raises(OutputError, match="not a gnn-ooc generated raw graph"):
+        synth(out, SynthConfig(nodes=100, avg_degree=1), overwrite=True)
+    assert os.listdir(out) == ["stale"]
 
 
 @pytest.mark.parametrize("where", ["_write_nodes", "_write_all", "_edge_kernel"])
@@ -427,8 +439,8 @@ def test_failure_leaves_nothing_behind(
     # _write_all runs on the writer thread: its error must reach the caller as well
     out = tmp_path / "g"
     if overwrite:
-        out.mkdir()
-        (out / "old").write_text("x")
+        synth(out, SynthConfig(nodes=80, avg_degree=1))
+    before = sorted(os.listdir(out)) if overwrite else []
 
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
@@ -438,7 +450,7 @@ def test_failure_leaves_nothing_behind(
         synth(out, SynthConfig(nodes=500, avg_degree=3), overwrite=overwrite)
     assert sorted(os.listdir(tmp_path)) == (["g"] if overwrite else [])
     if overwrite:
-        assert os.listdir(out) == ["old"]
+        assert sorted(os.listdir(out)) == before  # the old graph is intact
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,23 +1,22 @@
-"""Accuracy on a real graph: Cora with its public split (140 / 500 / 1000), a 2-layer model."""
+"""Accuracy on a real graph: Cora (vendored in tests/data) with its public split (140 / 500 / 1000),
+a 2-layer model."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from gnn_ooc.tools.cli import main
 from gnn_ooc.trainer.config import TrainConfig
 from gnn_ooc.trainer.run import train
-from tests.conftest import SHARED
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["memory", "offline"])
-def test_cora_reaches_80_percent(tmp_path: Path, mode: str) -> None:
-    raw = SHARED / "cora"
-    if not raw.is_dir():
-        pytest.skip(f"{raw} is not present")
+def test_cora_reaches_80_percent(tmp_path: Path, real_raw: Callable[[str], Path], mode: str) -> None:
+    raw = real_raw("cora")
     ds = tmp_path / "cora"
     assert main(["preprocess", str(raw), "-o", str(ds), "--undirected", "--dedup"]) == 0
     # the published GCN setting: full neighbourhoods, one batch of the 140 training nodes,

@@ -17,7 +17,7 @@ from gnn_ooc.graphstore.preprocess import preprocess
 from gnn_ooc.tools.cli import main
 from gnn_ooc.tools.synth import SynthConfig, synth
 from gnn_ooc.trainer import GCN, TorchBlock
-from gnn_ooc.trainer.checkpoint import latest_checkpoint, load_checkpoint
+from gnn_ooc.trainer.checkpoint import choose_checkpoint, load_checkpoint
 from gnn_ooc.trainer.config import TrainConfig
 from gnn_ooc.trainer.inference import chunk_block, chunk_bounds, embed, source_degrees
 from gnn_ooc.trainer.run import build_model, train
@@ -77,7 +77,7 @@ def whole_graph(run: Path) -> list[torch.Tensor]:
     cfg = TrainConfig.load(next(run.glob("config.*")))
     ds = Dataset.open(cfg.dataset)
     model, _, _ = build_model(cfg, ds, torch.device("cpu"))
-    model.load_state_dict(load_checkpoint(latest_checkpoint(run))["model"])
+    model.load_state_dict(load_checkpoint(choose_checkpoint(run, "best"))["model"])  # what embed uses
     model.eval()
     n = ds.num_nodes
     indptr = np.asarray(ds.indptr, np.int64)
@@ -107,7 +107,7 @@ def test_embed_equals_whole_graph_inference(runs: dict[str, Path], tmp_path: Pat
     assert summary["layers"][0]["chunks"] == -(-n // 37) and all(r["max_chunk_nodes"] <= 37 for r in summary["layers"])
     assert sorted(p.name for p in out.iterdir()) == ["embed.json", "embeddings.npy", "logits.npy", "predictions.npy"]
     saved = json.loads((out / "embed.json").read_text())
-    assert saved["checkpoint"] == str(latest_checkpoint(runs[model])) and saved["rows_per_s"] > 0
+    assert saved["checkpoint"] == str(choose_checkpoint(runs[model], "best")) and saved["rows_per_s"] > 0
     assert not list(tmp_path.glob(".emb.*"))  # the staging folder is gone
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gnn_ooc.graphstore.base import MemoryBudgetError
+from gnn_ooc.graphstore.base import MemoryBudgetError, OutputError
 from gnn_ooc.trainer.config import ConfigError, TrainConfig
 from gnn_ooc.trainer.pipeline import PipelineError
 from gnn_ooc.trainer.run import resume, train
@@ -154,7 +154,7 @@ def test_config_errors(dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mode: 'disk'"):
         TrainConfig.resolve({"dataset": "x"}, {"mode": "disk"})
     train(config(dataset, tmp_path / "r", mode="memory", epochs=1), say=quiet)
-    with pytest.raises(ConfigError, match="--resume"):
+    with pytest.raises(OutputError, match="--resume"):
         train(config(dataset, tmp_path / "r", mode="memory", epochs=1), say=quiet)
     with pytest.raises(ConfigError, match="cannot change: lr"):
         resume(tmp_path / "r", {"lr": 0.1}, say=quiet)
