@@ -26,7 +26,7 @@ demo: setup
 	$(BIN)/gnn-ooc verify $(DEMO)/dataset
 	$(BIN)/gnn-ooc sample $(DEMO)/dataset --fanouts 10,5 --batch-size 1024 --epochs 3 --seed 0 --name demo --force --no-progress
 	rm -rf $(DEMO)/run
-	$(BIN)/gnn-ooc train $(DEMO)/dataset --plan demo --epochs 3 --hidden 128 --memory-budget 64M --out $(DEMO)/run --no-progress
+	$(BIN)/gnn-ooc train $(DEMO)/dataset --plan demo --epochs 3 --hidden 128 --memory-budget 256M --out $(DEMO)/run --no-progress
 	$(BIN)/gnn-ooc info $(DEMO)/dataset
 	@echo "demo dataset: $(abspath $(DEMO)/dataset)"
 	@echo "demo run (metrics, checkpoints, summary.json): $(abspath $(DEMO)/run)"

@@ -21,6 +21,8 @@ from gnn_ooc.graphstore.base import FeatureStore
 class RowCache:
     """Rows of the ids in ``ids`` (held sorted), on ``device``; ``pinned`` page-locks host rows under CUDA."""
 
+    SLOT_OVERHEAD = 8  # bytes per row besides the row: its id in the sorted lookup array
+
     def __init__(self, tier: str, ids: Any, rows: Any) -> None:
         import torch
 

@@ -166,6 +166,11 @@ def _clock_insert(ids: np.ndarray, keys: np.ndarray, vals: np.ndarray, bits: int
     return dest
 
 
+
+#: bytes per cached row besides the row: the hash table (up to four slots of key and value per
+#: row at a load factor of 1/4 to 1/2), the slot's id, the policy's links and bits
+SLOT_OVERHEAD = 96
+
 class _HostCache(FeatureStore):
     """Rows of up to ``capacity_rows`` ids in (pinned, under CUDA) host memory, found by a hash table."""
 

@@ -13,7 +13,7 @@ offset of its segment file; each chunk of the feature file is staged into the ru
 whole pages go to disk with O_DIRECT writes (``runstreams``; never one random read per row, no
 page-cache copy of what is written). Packing thus costs one read
 of the feature file per group plus one write of the packed bytes (a group is as many segments
-as half ``memory_budget`` can plan, within ``max_open_segments`` files). ``pack_budget`` caps
+as a quarter of ``memory_budget`` can plan, within ``max_open_segments`` files). ``pack_budget`` caps
 the packed bytes on disk; segments past it are left unpacked (their rows come from the tiered
 store).
 
@@ -391,11 +391,13 @@ def _pack_matches(target: Path, digest: str, nodes_crc: str, spec: PackSpec) -> 
 
 def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], feat: _FeatureFile,
                 spec: PackSpec, digest: str, nodes_crc: str, bar_title: str | None = None) -> PackStats:
-    """Segments planned a group at a time (their planning data within half the memory budget, the
-    staging of their runs' writes within 3/8, two read chunks in the rest), each group packed by
-    one sequential pass over the feature file."""
-    limit = max(1, spec.memory_budget // 2)
-    stage = max(1 << 20, min(STAGE_LIMIT, spec.memory_budget * 3 // 8))
+    """Segments planned a group at a time (their planning data within a quarter of the memory
+    budget, the staging of their runs' writes within a quarter, two read chunks within an eighth,
+    one segment's planning temporaries within half), each group packed by one sequential pass over
+    the feature file: the whole of it stays within ``memory_budget``."""
+    limit = max(1, spec.memory_budget // 4)
+    stage = max(1 << 20, min(STAGE_LIMIT, spec.memory_budget // 4))
+    chunk = max(1 << 20, min(spec.read_chunk, spec.memory_budget // 16))  # two in flight: an eighth
     budget_left = spec.pack_budget
     files: dict[int, Any] = {}
     meta_segments: list[dict[str, Any]] = []
@@ -405,7 +407,7 @@ def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], 
         for k, seg in enumerate(segments):
             size = seg.ids.size * feat.row_bytes
             # planning a segment costs about 6 int64 per batch node; training holds its rows
-            if 48 * seg.positions.size > spec.memory_budget or size > spec.memory_budget // 2:
+            if 48 * seg.positions.size > spec.memory_budget // 2 or size > spec.memory_budget // 2:
                 raise MemoryBudgetError(
                     f"segment of batches {seg.first_batch}..{seg.first_batch + seg.batches - 1} needs "
                     f"{format_size(max(48 * seg.positions.size, 2 * size))} (planning, or its rows read whole), more "
@@ -422,10 +424,10 @@ def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], 
                 group.append((k, seg))
                 rows += int(seg.ids.size)
             if group and _group_full(group, feat.row_bytes, limit, stage, spec.max_open_segments):
-                files.update(_stream_group(feat, group, out, spec.read_chunk, stage, _pass_bar(bar_title, passes, feat)))
+                files.update(_stream_group(feat, group, out, chunk, stage, _pass_bar(bar_title, passes, feat)))
                 passes, group = passes + 1, []
         if group:
-            files.update(_stream_group(feat, group, out, spec.read_chunk, stage, _pass_bar(bar_title, passes, feat)))
+            files.update(_stream_group(feat, group, out, chunk, stage, _pass_bar(bar_title, passes, feat)))
             passes += 1
     assert positions.entry is not None
     for k, entry in files.items():

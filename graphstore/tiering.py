@@ -74,15 +74,18 @@ class Placement:
 
 def place_from_counts(counts: np.ndarray, row_bytes: int, budgets: CacheBudgets, cuda: bool) -> Placement:
     device_bytes, pinned_bytes = budgets.resolve(cuda)
-    dev, pin = place_by_hotness(counts, [rows_for_budget(device_bytes, row_bytes), rows_for_budget(pinned_bytes, row_bytes)])
+    slot = row_bytes + RowCache.SLOT_OVERHEAD  # a cache's bytes cover its lookup array too
+    dev, pin = place_by_hotness(counts, [rows_for_budget(device_bytes, slot), rows_for_budget(pinned_bytes, slot)])
     return Placement(dev, pin)
 
 
 def build_tiered_store(dataset: Any, placement: Placement, *, backing: str = "direct", device: Any = "cpu",
-                       threads: int = 8) -> TieredStore:
-    """Caches filled from the backing store (sorted reads), then the backing store for the rest."""
-    with DirectStore.of(dataset, threads=threads) as filler:  # its own buffers go when filled
+                       threads: int = 8, max_buffer: int = 32 << 20) -> TieredStore:
+    """Caches filled from the backing store (sorted reads), then the backing store for the rest
+    (direct reads through a buffer of at most ``max_buffer`` bytes)."""
+    with DirectStore.of(dataset, threads=threads, max_buffer=max_buffer) as filler:  # its buffers go when filled
         caches = [RowCache.filled("device", placement.device, filler, device=device),
                   RowCache.filled("pinned", placement.pinned, filler)]
-    store = DirectStore.of(dataset, threads=threads) if backing == "direct" else MmapStore.of(dataset)
+    store = (DirectStore.of(dataset, threads=threads, max_buffer=max_buffer) if backing == "direct"
+             else MmapStore.of(dataset))
     return TieredStore(caches, store, device=device)

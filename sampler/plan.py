@@ -63,6 +63,11 @@ PLAN_VERSION = 1
 PLAN_JSON = "plan.json"
 EPOCH_JSON = "epoch.json"
 WRITER_STAGING = 1 << 20  # per output file (4 files): 1 MiB O_DIRECT writes already run at disk speed
+
+
+def writer_staging(budget: int) -> int:
+    """Staging per plan file: 1 MiB, less under a small budget (four files share a 16th of it)."""
+    return max(64 << 10, min(WRITER_STAGING, budget // 64 // (64 << 10) * (64 << 10)))
 _EPOCH_RE = re.compile(r"^epoch-(\d{6})$")
 _TOTALS_RE = re.compile(r"^totals-(\d{6})$")
 
@@ -337,7 +342,7 @@ class Planner:
         return {
             "epoch order": 16 * int(self.seeds.size),
             "access counts": 4 * self.ds.num_nodes if self._dense_counts else 0,
-            "writers": 4 * WRITER_STAGING,
+            "writers": 4 * writer_staging(self.spec.memory_budget),
             "batches in flight": (2 * threads + 3) * per_edge * self._edges_bound(),
         }
 
@@ -441,7 +446,7 @@ class Planner:
     def _write_epoch(self, epoch: int, out: Path) -> EpochStats:
         t0 = time.perf_counter()
         writer = _EpochWriter(out, self.ds, self._num_layers(), self.sampler.settings().get("return_edge_ids", False),
-                              self._dense_counts, self._chunk_nodes)
+                              self._dense_counts, self._chunk_nodes, writer_staging(self.spec.memory_budget))
         try:
             sample_s = 0.0
             with bar(self.num_batches, f"planning epoch {epoch}", enabled=self.bars, unit="batch") as shown:
@@ -494,7 +499,7 @@ class Planner:
         previous = None if latest is None else np.load(latest / "access.npy", mmap_mode="r")
         n, chunk = self.ds.num_nodes, self._chunk_nodes
         with Staging(self.path / f"totals-{seq:06d}", what="gnn-ooc sample") as stage:
-            with NpyWriter(stage.path / "access.npy", np.uint32, (n,), staging=WRITER_STAGING) as w:
+            with NpyWriter(stage.path / "access.npy", np.uint32, (n,), staging=writer_staging(self.spec.memory_budget)) as w:
                 for lo in range(0, n, chunk):
                     part = added[lo : lo + chunk].astype(np.uint32)
                     if previous is not None:
@@ -520,10 +525,11 @@ class Planner:
 class _EpochWriter:
     """Appends batches to an epoch's files; counts accesses in memory or in a pass afterwards."""
 
-    def __init__(self, out: Path, ds: Dataset, layers: int, with_edges: bool, dense: bool, chunk_nodes: int) -> None:
+    def __init__(self, out: Path, ds: Dataset, layers: int, with_edges: bool, dense: bool, chunk_nodes: int,
+                 staging: int = WRITER_STAGING) -> None:
         self.out, self.layers, self.n, self.chunk_nodes = out, layers, ds.num_nodes, chunk_nodes
         self.node_dtype = ds.indices.dtype
-        st = WRITER_STAGING
+        self.staging = st = staging
         self.nodes = NpyWriter(out / "nodes.npy", self.node_dtype, (None,), staging=st)
         self.rows = WriteBehind(NpyWriter(out / "rows.npy", np.int32, (None,), staging=st))
         self.fanin = NpyWriter(out / "fanin.npy", np.int32, (None,), staging=st)
@@ -563,7 +569,7 @@ class _EpochWriter:
         index = _shift_counts(np.stack(self.index))
         entries["index"] = write_array(self.out / "index.npy", index, root=self.out)
         entries["access"] = _write_counts(self.out / "access.npy", self.counts, self.out / "nodes.npy", self.n,
-                                          _count_dtype(len(index) - 1), self.chunk_nodes)
+                                          _count_dtype(len(index) - 1), self.chunk_nodes, self.staging)
         files = {k: asdict(v) for k, v in entries.items()}
         return {"epoch": epoch, "batches": len(index) - 1, "nodes": int(self.at[0]), "edges": int(self.at[1]),
                 "bytes": sum(int(v.size) for v in entries.values()), "files": files}
@@ -588,9 +594,9 @@ def _shift_counts(index: np.ndarray) -> np.ndarray:
 
 
 def _write_counts(path: Path, counts: np.ndarray | None, nodes_path: Path, n: int, dtype: type,
-                  chunk_nodes: int) -> Any:
+                  chunk_nodes: int, staging: int = WRITER_STAGING) -> Any:
     """Write one epoch's access counts, from memory or by id range with one pass over ``nodes.npy`` each."""
-    with NpyWriter(path, dtype, (n,), root=path.parent, staging=WRITER_STAGING) as w:
+    with NpyWriter(path, dtype, (n,), root=path.parent, staging=staging) as w:
         for lo in range(0, n, chunk_nodes):
             hi = min(n, lo + chunk_nodes)
             part = counts[lo:hi] if counts is not None else _count_range(nodes_path, lo, hi, min(1 << 22, chunk_nodes))

@@ -284,6 +284,7 @@ class Trainer:
         return record
 
     def _evaluate_all(self, epoch: int) -> dict[str, Any]:
+        self.train.drop_buffers()  # training's buffers would sit idle beside the evaluation's
         store = getattr(self.train, "store", None)
         if store is None:
             accs = {name: self.evaluate(src) for name, src in self.evals.items()}

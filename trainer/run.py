@@ -32,13 +32,13 @@ import torch
 
 from gnn_ooc.capabilities import cuda_available
 from gnn_ooc.graphstore.atomic import atomic_write_bytes
-from gnn_ooc.graphstore.base import DatasetError, FeatureStore, MemoryBudgetError
+from gnn_ooc.graphstore.base import DatasetError, FeatureStore
 from gnn_ooc.graphstore.cache import RowCache
 from gnn_ooc.graphstore.dataset import Dataset
 from gnn_ooc.graphstore.direct import DirectStore
 from gnn_ooc.graphstore.directio import process_read_bytes
 from gnn_ooc.graphstore.integrity import CheckReport, check_dataset, check_labelled, verify_entry
-from gnn_ooc.graphstore.online_cache import SieveCache
+from gnn_ooc.graphstore.online_cache import SLOT_OVERHEAD, SieveCache
 from gnn_ooc.graphstore.pack import PackedEpoch, PackSpec, fit_segment_batches, pack_epoch
 from gnn_ooc.graphstore.placement import place_by_hotness, rows_for_budget
 from gnn_ooc.graphstore.stores import MemoryStore, MmapStore, torch_dtype
@@ -54,6 +54,7 @@ from gnn_ooc.sampler.background import BackgroundPlanner
 from gnn_ooc.sampler.base import SampleKey
 from gnn_ooc.sampler.neighbor import NeighborSampler
 from gnn_ooc.sampler.plan import Plan, Planner, PlanSpec
+from gnn_ooc.trainer.budget import Shares, measure_step, probe_batch
 from gnn_ooc.trainer.checkpoint import latest_checkpoint, load_checkpoint
 from gnn_ooc.trainer.config import ConfigError, TrainConfig, resolve_device, saved_config_path
 from gnn_ooc.trainer.distributed import detect_env, init, on_rank0, shutdown
@@ -207,12 +208,14 @@ def _train(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, state: dict[str,
            world: int, device: torch.device, t0: float, meter: MemoryMeter) -> Trainer:
     """Sources, model and loop of one run; trains, closes the sources, returns the trainer."""
     first_epoch = int(state["loop"]["epoch"]) if state else 0
-    train_src, evals = build_sources(cfg, ds, mode, run, first_epoch, say, rank, world, meter=meter)
+    model, optimizer, scheduler = build_model(cfg, ds, device)
+    shares = budget_shares(cfg, ds, mode, model, device)
+    say(f"memory budget {format_size(cfg.memory_budget)}: {shares.describe()}")
+    train_src, evals = build_sources(cfg, ds, mode, run, first_epoch, say, rank, world, meter=meter, shares=shares)
     try:
-        model, optimizer, scheduler = build_model(cfg, ds, device)
         if world > 1:
             model = _ddp(model, device)
-        depth = _depth(cfg, ds)
+        depth = shares.depth
         settings = LoopSettings(epochs=cfg.epochs, device=str(device), precision=cfg.precision,
                                 eval_every=cfg.eval_every, patience=cfg.patience,
                                 checkpoint_every=cfg.checkpoint_every, depth=depth, progress=cfg.progress,
@@ -269,11 +272,6 @@ def _check_data(cfg: TrainConfig, ds: Dataset, mode: str, say: Say) -> CheckRepo
     """Check the bytes training reads before the first step (``graphstore.integrity``): the
     topology, labels and splits here; the features here in online and mmap modes, while loading
     them in memory mode, during the first pack pass offline."""
-    if mode == "memory" and ds.has("features") and ds.manifest.files["features"].size > cfg.memory_budget:
-        raise MemoryBudgetError(
-            f"--mode memory holds the features in RAM ({format_size(ds.manifest.files['features'].size)}), more "
-            f"than --memory-budget {format_size(cfg.memory_budget)}: raise the budget, or train out of core "
-            "(--mode offline, the default)")
     report = check_dataset(ds, features=mode in ("online", "mmap"))
     for split in ("train", "valid", "test"):
         check_labelled(ds, split)
@@ -293,75 +291,81 @@ def _mode(cfg: TrainConfig) -> str:
     return "offline" if cfg.mode == "auto" else cfg.mode
 
 
-def _depth(cfg: TrainConfig, ds: Dataset) -> int:
-    """Pipeline depth: ``prefetch``, capped so the batches in flight fit an eighth of the budget."""
-    fanout = 1
-    per_seed = 1
-    for f in cfg.fanouts:
-        fanout *= f if f > 0 else 32  # -1: all neighbours; assume a hub-free average
-        per_seed += fanout
-    batch_bytes = cfg.batch_size * per_seed * ds.feature_row_bytes
-    stages = 3  # queues between the plan, read/sample, assemble/gather stages and the loop
-    return max(1, min(cfg.prefetch, cfg.memory_budget // 8 // max(1, stages * batch_bytes)))
+def budget_shares(cfg: TrainConfig, ds: Dataset, mode: str, model: torch.nn.Module, device: torch.device) -> Shares:
+    """The budget's shares from the largest probed batch and one measured step on it (``trainer.budget``)."""
+    sampler = NeighborSampler(ds, list(cfg.fanouts))
+    sub = probe_batch(sampler, ds.split("train"), cfg.batch_size, cfg.seed)
+    rows = 0 if sub is None else sub.num_nodes
+    step = measure_step(model, sub, ds.feature_dim or 0, torch_dtype(ds.feature_dtype or "float32"), device,
+                        ds.num_classes or 1)
+    features = ds.manifest.files["features"].size if ds.has("features") else 0
+    return Shares.split(cfg.memory_budget, mode, batch_bytes=rows * ds.feature_row_bytes, step_bytes=step,
+                        prefetch=cfg.prefetch, feature_bytes=features, gpu_cache=cfg.gpu_cache, cpu_cache=cfg.cpu_cache,
+                        device_elsewhere=device.type == "cuda" and cfg.gpu_cache is None)
 
 
 # --- sources -----------------------------------------------------------------------------------------
 def build_sources(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, first_epoch: int, say: Say,
-                  rank: int = 0, world: int = 1, *, meter: MemoryMeter | None = None
-                  ) -> tuple[BatchSource, dict[str, BatchSource]]:
-    """The training source of ``mode`` and the evaluation sources (valid, test) over the same store."""
+                  rank: int = 0, world: int = 1, *, meter: MemoryMeter | None = None,
+                  shares: Shares | None = None) -> tuple[BatchSource, dict[str, BatchSource]]:
+    """The training source of ``mode`` and the evaluation sources (valid, test) over the same store,
+    sized by ``shares`` (default: the budget split for a batch of unknown size)."""
     labels = ds.labels
     if labels is None:
         raise DatasetError(f"{ds.path}: the dataset has no labels; node classification needs them "
                            "(preprocess it with --labels)")
+    shares = shares or Shares.split(cfg.memory_budget, mode, batch_bytes=0, step_bytes=0, prefetch=cfg.prefetch,
+                                    gpu_cache=cfg.gpu_cache, cpu_cache=cfg.cpu_cache)
     sampler = NeighborSampler(ds, list(cfg.fanouts))
+    eval_sampler = NeighborSampler(ds, list(cfg.eval_fanouts or cfg.fanouts))
     device = resolve_device(cfg.device)
     # under CUDA: page-locked batches (asynchronous copies), and the device cache in GPU memory,
     # its rows gathered there after each copy
     pin = device.type == "cuda"
+    splits = [s for s in ("valid", "test") if ds.has(f"split/{s}") and ds.split(s).size]
     if mode == "offline":
-        offline = _offline(cfg, ds, sampler, run, first_epoch, labels, say, rank, world, device, meter)
-        train_src: BatchSource = offline
-        store: Any = offline.store
+        train_src, evals = _offline(cfg, ds, sampler, eval_sampler, splits, run, first_epoch, labels, say, rank,
+                                    world, device, shares, meter)
     else:
-        store = _sampled_store(cfg, ds, mode, device)
+        store = _sampled_store(cfg, ds, mode, device, shares)
         train_src = SampledSource(ds.split("train"), labels, sampler, store, batch_size=cfg.batch_size,
                                   seed=cfg.seed, mode=mode, rank=rank, world=world, pin=pin, defer_device=pin)
-    eval_sampler = NeighborSampler(ds, list(cfg.eval_fanouts or cfg.fanouts))
-    evals: dict[str, BatchSource] = {}
-    for split in ("valid", "test"):
-        if not (ds.has(f"split/{split}") and ds.split(split).size):
-            continue
-        if mode == "offline" and cfg.eval_every:
-            evals[split] = _offline_eval(cfg, ds, eval_sampler, split, train_src, labels, say, pin, rank, world, run)
-        else:
-            evals[split] = SampledSource(ds.split(split), labels, eval_sampler, store,
-                                         batch_size=cfg.eval_batch_size or cfg.batch_size, seed=cfg.seed + 1,
-                                         mode="eval", pin=pin, rank=rank, world=world, even=False,
-                                         defer_device=pin)
+        evals = {split: SampledSource(ds.split(split), labels, eval_sampler, store,
+                                      batch_size=cfg.eval_batch_size or cfg.batch_size, seed=cfg.seed + 1,
+                                      mode="eval", pin=pin, rank=rank, world=world, even=False, defer_device=pin)
+                 for split in splits}
+    for src in (train_src, *evals.values()):
+        src.keep_buffers = shares.depth + 2  # as many as are in flight: more would sit idle in the budget
     return train_src, evals
 
 
-def _sampled_store(cfg: TrainConfig, ds: Dataset, mode: str, device: torch.device) -> FeatureStore:
+def _sampled_store(cfg: TrainConfig, ds: Dataset, mode: str, device: torch.device, shares: Shares) -> FeatureStore:
     if mode == "memory":
         return MemoryStore.of(ds)
     if mode == "mmap":
         return MmapStore.of(ds)
-    return _online_store(cfg, ds, device)
+    return _online_store(ds, device, shares)
 
 
-def _online_store(cfg: TrainConfig, ds: Dataset, device: torch.device) -> TieredStore:
+def _online_store(ds: Dataset, device: torch.device, shares: Shares) -> TieredStore:
     """Online mode: a device cache of the highest in-degree rows (no plan to rank them by), then a
     SIEVE host cache in front of direct disk reads."""
     row_bytes = ds.feature_row_bytes
-    dev_bytes, host_bytes = CacheBudgets(cfg.gpu_cache, cfg.cpu_cache, cfg.memory_budget).resolve(cuda_available())
+    dev_bytes, host_bytes = _cache_budgets(shares).resolve(cuda_available())
     degree = np.diff(np.asarray(ds.indptr, dtype=np.int64))
-    (hot,) = place_by_hotness(degree, [rows_for_budget(dev_bytes, row_bytes)])
-    direct = DirectStore.of(ds)
+    (hot,) = place_by_hotness(degree, [rows_for_budget(dev_bytes, row_bytes + RowCache.SLOT_OVERHEAD)])
+    del degree
+    direct = DirectStore.of(ds, max_buffer=max(1 << 20, shares.reads))
     device_cache = RowCache.filled("device", hot, direct, device=device)
-    host = SieveCache(rows_for_budget(host_bytes, row_bytes), ds.feature_dim or 0,
+    host = SieveCache(rows_for_budget(host_bytes, row_bytes + SLOT_OVERHEAD), ds.feature_dim or 0,
                       torch_dtype(ds.feature_dtype), direct)
     return TieredStore([device_cache], host)
+
+
+def _cache_budgets(shares: Shares) -> CacheBudgets:
+    # under CUDA without --gpu-cache the device cache takes a share of GPU memory instead
+    return CacheBudgets(shares.device_cache if shares.device_cache or not cuda_available() else None,
+                        shares.host_cache, shares.budget)
 
 
 class OfflineEpochs:
@@ -392,12 +396,17 @@ class OfflineEpochs:
                            progress=say, features_checksum=entry.checksum, bars=bars)
         if stats.passes == 0:  # nothing to pack (all cached, or kept from before): check the rows now
             verify_entry(ds.path, entry, direct=True)
-        rest = list(epochs)[1:]
         self.background: BackgroundPlanner | None = None
-        if rest:
+        self._later = (ds, sampler, plan_spec, list(epochs)[1:], max(2, keep_epochs), on_ready)
+
+    def start_background(self) -> None:
+        """Start planning the other epochs in the background process (once the setup here is done:
+        both at once would hold two planning shares)."""
+        ds, sampler, plan_spec, rest, keep, on_ready = self._later
+        if rest and self.background is None:
             # the first epoch is one of the kept ones: while it trains the child packs the next, and
             # the one after as soon as it is released (the child once waited for the next's release)
-            self.background = BackgroundPlanner(ds, sampler, plan_spec, rest, keep_epochs=max(2, keep_epochs),
+            self.background = BackgroundPlanner(ds, sampler, plan_spec, rest, keep_epochs=keep,
                                                 pack=(self.pack_spec, self.placement.cached), nice=BACKGROUND_NICE,
                                                 held=1, kept=self.kept, on_ready=on_ready).__enter__()
 
@@ -443,9 +452,13 @@ class OfflineEpochs:
             remove_dir(self.plan.path, self.plan.path.parent)
 
 
-def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, run: Path, first_epoch: int,
-             labels: np.ndarray, say: Say, rank: int, world: int, device: torch.device,
-             meter: MemoryMeter | None = None) -> OfflineSource:
+def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, eval_sampler: NeighborSampler,
+             splits: list[str], run: Path, first_epoch: int, labels: np.ndarray, say: Say, rank: int, world: int,
+             device: torch.device, shares: Shares, meter: MemoryMeter | None = None
+             ) -> tuple[OfflineSource, dict[str, BatchSource]]:
+    """Offline mode: epoch ``first_epoch`` planned and packed here, the evaluation batches too (before
+    the caches fill, so setup peaks at one planning share), then the caches, then the background
+    planner for the next epochs."""
     plan_name = cfg.plan or "run-" + hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:12]
     if cfg.plan is not None and world > 1:
         raise ConfigError("plan: a shared plan under DDP is not supported yet (each rank plans its own); "
@@ -455,14 +468,13 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, run: Path,
         # when each node keeps the dataset on its own local disk
         plan_name += f"-rank{rank}"
     plan_spec = PlanSpec(name=plan_name, batch_size=cfg.batch_size, seed=cfg.seed,
-                         threads=cfg.threads, memory_budget=_planning_budget(cfg))
+                         threads=cfg.threads, memory_budget=shares.planning)
     # 0 (auto) is fitted to the first epoch below; a shared plan's packs are this run's own
     pack_spec = PackSpec(name="default" if cfg.plan is None else _run_pack_name(run),
-                         segment_batches=cfg.segment_batches or 1, memory_budget=_planning_budget(cfg),
+                         segment_batches=cfg.segment_batches or 1, memory_budget=shares.planning,
                          pack_budget=_pack_budget(cfg, ds))
-    auto_segments = cfg.segment_batches == 0
     row_bytes = ds.feature_row_bytes
-    budgets = CacheBudgets(cfg.gpu_cache, cfg.cpu_cache, cfg.memory_budget)
+    budgets = _cache_budgets(shares)
 
     def placement(plan: Any) -> Placement:
         counts = plan.epoch(first_epoch).access_counts()
@@ -471,16 +483,30 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, run: Path,
     if cfg.plan is not None:
         check_plan_fits(ds, cfg.plan, sampler, plan_spec)
     epochs = OfflineEpochs(ds, sampler, plan_spec, pack_spec, placement, range(first_epoch, cfg.epochs),
-                           cfg.keep_epochs, say, segment_limit=_segment_limit(cfg), bars=cfg.progress and rank == 0,
-                           shared=cfg.plan is not None, auto_segments=auto_segments,
+                           cfg.keep_epochs, say, segment_limit=_segment_limit(cfg, shares, row_bytes), bars=cfg.progress and rank == 0,
+                           shared=cfg.plan is not None, auto_segments=cfg.segment_batches == 0,
                            on_ready=None if meter is None else meter.watch)
     epochs.eval_prefix = _run_pack_name(run) + (f"-rank{rank}" if world > 1 else "")
     # what gnn-ooc clean needs to know: this plan (or, in a shared one, these packs) serve this run
     mark_owner(epochs.plan.path if cfg.plan is None else epochs.plan.path / "packs" / pack_spec.name, run)
-    store = build_tiered_store(ds, epochs.placement, device=device)
+    fixed = {split: _offline_eval_epoch(cfg, ds, eval_sampler, split, epochs, say, run, shares)
+             for split in splits} if cfg.eval_every else {}
+    store = build_tiered_store(ds, epochs.placement, device=device, max_buffer=max(1 << 20, shares.reads))
+    epochs.start_background()
     cuda = device.type == "cuda"
-    return OfflineSource(epochs, epochs.packed, labels, store, rank=rank, world=world, sampler=sampler,
-                         on_close=epochs.close, pin=cuda, defer_device=cuda)
+    train_src = OfflineSource(epochs, epochs.packed, labels, store, rank=rank, world=world, sampler=sampler,
+                              on_close=epochs.close, pin=cuda, defer_device=cuda)
+    # the evaluation's segment buffers go back after each evaluation
+    evals: dict[str, BatchSource] = {
+        split: OfflineSource(f, f.packed, labels, store, sampler=eval_sampler, on_close=f.remove, hold_buffers=False,
+                             pin=cuda, rank=rank, world=world, even=False, defer_device=cuda)
+        for split, f in fixed.items()}
+    for split in splits:
+        if split not in evals:  # never evaluated (--eval-every 0), or on demand: sampled online
+            evals[split] = SampledSource(ds.split(split), labels, eval_sampler, store,
+                                         batch_size=cfg.eval_batch_size or cfg.batch_size, seed=cfg.seed + 1,
+                                         mode="eval", pin=cuda, rank=rank, world=world, even=False, defer_device=cuda)
+    return train_src, evals
 
 
 def _run_pack_name(run: Path) -> str:
@@ -535,39 +561,29 @@ class FixedEpoch:
         remove_dir(self.plan.path, self.plan.path.parent)
 
 
-def _offline_eval(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, split: str, train_src: Any,
-                  labels: np.ndarray, say: Say, pin: bool = False, rank: int = 0, world: int = 1,
-                  run: Path | None = None) -> OfflineSource:
+def _offline_eval_epoch(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, split: str, epochs: OfflineEpochs,
+                        say: Say, run: Path, shares: Shares) -> FixedEpoch:
     """``split``'s evaluation batches (the ones ``SampledSource`` would sample: seed + 1, epoch 0),
-    planned and packed once beside the training plan, over the training caches."""
-    epochs: OfflineEpochs = train_src.epochs
+    planned and packed once beside the training plan against the training caches' placement."""
     spec = PlanSpec(name=f"{epochs.eval_prefix}-{split}", split=split, batch_size=cfg.eval_batch_size or cfg.batch_size,
-                    seed=cfg.seed + 1, threads=cfg.threads, memory_budget=_planning_budget(cfg))
+                    seed=cfg.seed + 1, threads=cfg.threads, memory_budget=shares.planning)
     planner = Planner(ds, sampler, spec, progress=say)
-    if run is not None:
-        mark_owner(planner.plan.path, run)
+    mark_owner(planner.plan.path, run)
     planner.plan_epoch(0)
     features = ds.path / ds.manifest.files["features"].name
     # fitted to the evaluation batches (their size may differ from training's)
     segments = cfg.segment_batches or fit_segment_batches(planner.plan.epoch(0), ds.feature_row_bytes,
-                                                          _segment_limit(cfg))
+                                                          _segment_limit(cfg, shares, ds.feature_row_bytes))
     pack_spec = dataclasses.replace(epochs.pack_spec, segment_batches=segments)
     pack_epoch(planner.plan, 0, epochs.placement.cached, features, pack_spec, progress=say,
                features_checksum=ds.manifest.files["features"].checksum)
-    fixed = FixedEpoch(planner.plan, pack_spec.name)
-    # the buffers go back after each evaluation: training holds its own two meanwhile
-    return OfflineSource(fixed, fixed.packed, labels, train_src.store, sampler=sampler, on_close=fixed.remove,
-                         hold_buffers=False, pin=pin, rank=rank, world=world, even=False, defer_device=pin)
+    return FixedEpoch(planner.plan, pack_spec.name)
 
 
-def _planning_budget(cfg: TrainConfig) -> int:
-    """Planning and packing (in the background process) take a quarter of the budget."""
-    return max(64 << 20, cfg.memory_budget // 4)
-
-
-def _segment_limit(cfg: TrainConfig) -> int:
-    """One of the two segment buffers: an eighth of the budget."""
-    return cfg.memory_budget // 8
+def _segment_limit(cfg: TrainConfig, shares: Shares, row_bytes: int) -> int:
+    """One of the two segment buffers: an eighth of the budget, and no more rows than packing can
+    plan in its share (about 48 bytes per batch node: half the planning share)."""
+    return min(cfg.memory_budget // 8, shares.planning // 2 // 48 * max(1, row_bytes))
 
 
 def _pack_budget(cfg: TrainConfig, ds: Dataset) -> int | None:

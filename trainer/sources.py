@@ -91,6 +91,7 @@ class BatchSource(ABC):
         self.defer_device = defer_device
         self.pin = pin  # features into page-locked buffers (under CUDA: asynchronous copies to the GPU)
         self._buffers: BatchBuffers | None = None
+        self.keep_buffers = KEPT_BUFFERS  # free feature buffers kept (the run sets depth + 2)
         self.rank, self.world = rank, world
         self.sampler = sampler  # its state goes into checkpoints
         # the pipeline running this source's stages sets it on close: stages blocked in their own
@@ -120,7 +121,7 @@ class BatchSource(ABC):
     def features_out(self, batch: TrainBatch, store: FeatureStore, rows: int) -> Any:
         """A reused [rows, D] host tensor for ``batch``'s features, given back when it is released."""
         if self._buffers is None:
-            self._buffers = BatchBuffers(store.dim, store.dtype, keep=KEPT_BUFFERS, pin=self.pin)
+            self._buffers = BatchBuffers(store.dim, store.dtype, keep=self.keep_buffers, pin=self.pin)
         x, give_back = self._buffers.take(int(rows))
         batch._on_release.append(give_back)
         return x
@@ -325,6 +326,13 @@ class OfflineSource(BatchSource):
         if seg is not None:
             seg.done()
         return self.finish_batch(batch)
+
+    def drop_buffers(self) -> None:
+        """Free the feature buffers, and between epochs the segment buffers too (an evaluation
+        needs their memory; the next epoch makes them again)."""
+        super().drop_buffers()
+        if self._packed is None:
+            self._pool, self._pool_bytes = None, 0
 
     def stats(self) -> dict[str, Any]:
         out = self.store.stats.as_dict()

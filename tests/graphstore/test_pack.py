@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gnn_ooc.graphstore.base import ChecksumError, MemoryBudgetError, PreprocessSpec
+from gnn_ooc.graphstore.cache import RowCache
 from gnn_ooc.graphstore.dataset import Dataset
 from gnn_ooc.graphstore.pack import CACHED, UNPACKED, PackedEpoch, PackSpec, pack_epoch
 from gnn_ooc.graphstore.placement import place_by_hotness
@@ -155,7 +156,8 @@ def test_placement_from_plan_and_tiered_store(setup: tuple) -> None:
 
     ds, plan, x = setup
     counts = plan.totals()[1]
-    placement = place_from_counts(counts, 96, CacheBudgets(gpu_cache=96 * 50, cpu_cache=96 * 200), cuda=False)
+    slot = 96 + RowCache.SLOT_OVERHEAD  # a cache's bytes hold its rows and their lookup ids
+    placement = place_from_counts(counts, 96, CacheBudgets(gpu_cache=slot * 50, cpu_cache=slot * 200), cuda=False)
     assert placement.device.size == 50 and placement.pinned.size == 200
     assert counts[placement.device].min() >= counts[placement.pinned].max()  # hottest on the device
     placement.save(plan.path / "placement-test")
@@ -180,7 +182,7 @@ def test_cli_pack(setup: tuple, capsys: pytest.CaptureFixture[str]) -> None:
             "--gpu-cache", "4K", "--cpu-cache", "16K", "--pack-budget", "0.5x", "--json"]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["device_rows"] == 4096 // 96 and len(out["epochs"]) == 2
+    assert out["device_rows"] == 4096 // (96 + RowCache.SLOT_OVERHEAD) and len(out["epochs"]) == 2
     assert sum(e["bytes_written"] for e in out["epochs"]) <= 0.5 * features_path(ds).stat().st_size + 40 * 4096
 
 
