@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.gnn-ooc-installed
 DEMO   ?= demo
 
-.PHONY: setup demo test typecheck lint bench-preprocess bench-sampler bench-features bench-train bench-integrity clean
+.PHONY: setup demo test typecheck lint bench-preprocess bench-sampler bench-features bench-train bench-integrity bench-memory bench-scale clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ bench-features: setup
 
 bench-integrity: setup
 	$(BIN)/python -m gnn_ooc.tools.bench_integrity
+
+bench-memory: setup
+	$(BIN)/python -m gnn_ooc.tools.bench_memory
+
+bench-scale: setup
+	$(BIN)/python -m gnn_ooc.tools.bench_scale
 
 bench-train: setup
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'

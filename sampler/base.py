@@ -479,6 +479,15 @@ class Sampler(ABC):
         cls = type(self)
         return {"sampler": f"{cls.__module__}.{cls.__qualname__}"}
 
+    def sweeper(self, *, window_bytes: int) -> Any | None:
+        """Optional hook: an object whose ``sample_group(seeds_list, keys)`` samples several batches
+        at once, reading the topology in ascending sweeps (``sampler.sweep.SweepSampler``), with
+        ``bytes_per_batch(batch_size)`` and ``fixed_bytes()`` for sizing. Planning uses it when
+        the topology does not fit in memory; its batches must equal ``sample``'s byte for byte.
+        None (the default): planning samples batch by batch."""
+        del window_bytes
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         # Samplers are stateless by default: every random number comes from the key.
         return {}

@@ -278,48 +278,82 @@ def sample_layers(indptr, indices, weights, seeds, fanouts, key, want_edges, par
     weighted = weights is not None
     w = weights if weighted else np.empty(0, np.float32)
     ukey = np.uint64(key)
-    nodes = np.empty(max(16, seeds.shape[0] * 2), np.int64)
-    nodes[: seeds.shape[0]] = seeds
-    n = seeds.shape[0]
-    table, shift = _new_table(nodes, n, 4 * n)
-    rows, cols, edges, hop_nodes, hop_edges = [], [], [], [n], []
-    lo = 0
+    layers = Layers(seeds, num_nodes, want_edges)
     for fanout in fanouts:
-        frontier = nodes[lo:n]
+        frontier = layers.frontier()
         f = frontier.shape[0]
         starts, degs, cnt = np.empty(f, np.int64), np.empty(f, np.int64), np.empty(f, np.int64)
         if counts_k(indptr, num_edges, w, weighted, frontier, fanout, starts, degs, cnt):
             raise _bad_offsets(indptr, frontier, cnt, num_edges)
         offsets = np.zeros(f + 1, np.int64)
         np.cumsum(cnt, out=offsets[1:])
-        ne = int(offsets[-1])
-        pos = np.empty(ne, np.int64)
+        pos = np.empty(int(offsets[-1]), np.int64)
         draw_k(w, weighted, frontier, ukey, starts, degs, offsets, pos)
-        nbr = np.empty(ne, indices.dtype)
+        nbr = np.empty(pos.shape[0], indices.dtype)
         gather_k(indices, pos, nbr)
-        if n + ne > nodes.shape[0]:
-            grown = np.empty(max(2 * nodes.shape[0], n + ne), np.int64)
-            grown[:n] = nodes[:n]
-            nodes = grown
+        layers.add_hop(cnt, pos, nbr, indices)
+    return layers.result()
+
+
+class Layers:
+    """One batch's sample built hop by hop: the next frontier, then each hop's draws (``cnt`` per
+    frontier node, their positions ``pos`` in ``indices`` and the neighbours ``nbr`` there)
+    relabelled into local ids in edge order. The in-memory sampler and the sweeping one
+    (``sampler.sweep``) share it, so their batches are the same bytes."""
+
+    def __init__(self, seeds: np.ndarray, num_nodes: int, want_edges: bool) -> None:
+        self.nodes = np.empty(max(16, seeds.shape[0] * 2), np.int64)
+        self.nodes[: seeds.shape[0]] = seeds
+        self.n, self.lo = int(seeds.shape[0]), 0
+        self.num_nodes, self.want_edges = num_nodes, want_edges
+        self.table: np.ndarray | None
+        self.table, self.shift = _new_table(self.nodes, self.n, 4 * self.n)
+        self.rows: list[np.ndarray] = []
+        self.cols: list[np.ndarray] = []
+        self.edges: list[np.ndarray] = []
+        self.hop_nodes: list[int] = [self.n]
+        self.hop_edges: list[int] = []
+
+    def frontier(self) -> np.ndarray:
+        """The nodes first reached at the last hop (the seeds before the first)."""
+        return self.nodes[self.lo : self.n]
+
+    def add_hop(self, cnt: np.ndarray, pos: np.ndarray, nbr: np.ndarray, indices: np.ndarray) -> None:
+        """Relabel one hop; ``indices`` names the file in a ``CorruptGraphError``."""
+        ne, n = nbr.shape[0], self.n
+        if n + ne > self.nodes.shape[0]:
+            grown = np.empty(max(2 * self.nodes.shape[0], n + ne), np.int64)
+            grown[:n] = self.nodes[:n]
+            self.nodes = grown
+        if self.table is None:
+            self.table, self.shift = _new_table(self.nodes, n, 4 * max(1, n))
         row = np.empty(ne, np.int64)
         n_before, e = n, 0
         while e < ne:
-            e, n, bad = _relabel(nbr, e, table, shift, nodes, n, row, num_nodes)
+            e, n, bad = _relabel(nbr, e, self.table, self.shift, self.nodes, n, row, self.num_nodes)
             if bad:
-                raise CorruptGraphError.bad_neighbour(indices, int(pos[e]), int(nbr[e]), num_nodes,
-                                                      int(frontier[np.searchsorted(offsets, e, "right") - 1]))
+                offsets = np.concatenate([[0], np.cumsum(cnt)])
+                node = int(self.nodes[self.lo + np.searchsorted(offsets, e, "right") - 1])
+                raise CorruptGraphError.bad_neighbour(indices, int(pos[e]), int(nbr[e]), self.num_nodes, node)
             if e < ne:  # half full: double it and go on
-                table, shift = _new_table(nodes, n, table.shape[0])
-        rows.append(row)
-        cols.append(np.repeat(np.arange(lo, n_before, dtype=np.int64), cnt))
-        if want_edges:
-            edges.append(pos)
-        hop_nodes.append(n - n_before)
-        hop_edges.append(ne)
-        lo = n_before
-    cat = _concat
-    return (nodes[:n].copy(), cat(rows), cat(cols), cat(edges) if want_edges else None,
-            tuple(hop_nodes), tuple(hop_edges))
+                self.table, self.shift = _new_table(self.nodes, n, self.table.shape[0])
+        self.rows.append(row)
+        self.cols.append(np.repeat(np.arange(self.lo, n_before, dtype=np.int64), cnt))
+        if self.want_edges:
+            self.edges.append(pos)
+        self.hop_nodes.append(n - n_before)
+        self.hop_edges.append(ne)
+        self.n, self.lo = n, n_before
+
+    def drop_table(self) -> None:
+        """Free the relabelling table between hops (the next ``add_hop`` builds it again from the
+        nodes; a table of another size maps the same ids, so the batch is the same)."""
+        self.table = None
+
+    def result(self) -> tuple[Any, ...]:
+        cat = _concat
+        return (self.nodes[: self.n].copy(), cat(self.rows), cat(self.cols),
+                cat(self.edges) if self.want_edges else None, tuple(self.hop_nodes), tuple(self.hop_edges))
 
 
 def _bad_offsets(indptr: np.ndarray, frontier: np.ndarray, cnt: np.ndarray, num_edges: int) -> CorruptGraphError:

@@ -94,6 +94,16 @@ class NeighborSampler(Sampler):
         twin.parallel = False
         return twin
 
+    def sweeper(self, *, window_bytes: int) -> Any:
+        """Samples groups of batches by sweeping the topology (``sampler.sweep``): the same batches.
+        None for a subclass that samples otherwise (its own ``_sample``): the sweep would not be it."""
+        from gnn_ooc.sampler.sweep import SweepSampler
+
+        if type(self)._sample is not NeighborSampler._sample:
+            return None
+
+        return SweepSampler(self, window_bytes=window_bytes)
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)  # the graph pickles its memory maps as file names (CscGraph)
         if self.weights is not None:

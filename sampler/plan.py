@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -68,6 +69,7 @@ WRITER_STAGING = 1 << 20  # per output file (4 files): 1 MiB O_DIRECT writes alr
 def writer_staging(budget: int) -> int:
     """Staging per plan file: 1 MiB, less under a small budget (four files share a 16th of it)."""
     return max(64 << 10, min(WRITER_STAGING, budget // 64 // (64 << 10) * (64 << 10)))
+TOPOLOGY_PATHS = ("auto", "memory", "external")
 _EPOCH_RE = re.compile(r"^epoch-(\d{6})$")
 _TOTALS_RE = re.compile(r"^totals-(\d{6})$")
 
@@ -94,9 +96,15 @@ class PlanSpec:
     drop_last: bool = False
     threads: int | None = None
     memory_budget: int = 1 << 30
+    #: how planning reads the topology: ``memory`` (node by node, through the page cache),
+    #: ``external`` (groups of batches, one ascending sweep per hop), ``auto`` (external when
+    #: the topology is larger than the memory left for the page cache; the log says which)
+    topology: str = "auto"
 
     def __post_init__(self) -> None:
         check_name(self.name, "plan")
+        if self.topology not in TOPOLOGY_PATHS:
+            raise PlanError(f"topology must be one of {', '.join(TOPOLOGY_PATHS)}, got {self.topology!r}")
         if self.batch_size < 1 or self.seed < 0 or (self.threads is not None and self.threads < 1):
             raise PlanError(f"batch size and threads must be >= 1 and the seed >= 0, got {self.batch_size}, "
                             f"{self.threads}, {self.seed}")
@@ -278,6 +286,8 @@ class EpochStats:
     bytes_written: int
     sample_seconds: float
     seconds: float
+    sweeps: int = 0  # hops swept over the topology (external planning)
+    bytes_read: int = 0  # topology bytes those sweeps read
 
     @property
     def edges_per_second(self) -> float:
@@ -305,16 +315,78 @@ class Planner:
         self.path = Plan.path_for(self.ds, spec.name)
         self._dense_counts = 4 * self.ds.num_nodes <= spec.memory_budget // 4
         self._chunk_nodes = max(1 << 16, spec.memory_budget // 32)  # uint32 counts, a few copies
+        self.sweep, self.topology_reason = self._choose_topology()
+        self.group, self.results_bytes = self._group_size() if self.sweep is not None else (0, None)
         self.threads = self._fit_threads()
         self._check_budget()  # before anything is written (or, with force, deleted)
         self.plan = self._create(force)
+        self.say(f"planning reads the topology {self.topology_reason}"
+                 + (f"; {self.group} batches per group" if self.sweep is not None else ""))
         remove_stale(self.path, ".epoch-", "gnn-ooc sample")  # killed runs' partial epochs (locks free)
         for gone in self.path.glob(".*.removed-*"):
             shutil.rmtree(gone, ignore_errors=True)
 
+    def _choose_topology(self) -> tuple[Any, str]:
+        """The sweeping sampler when planning reads the topology externally (else None), and why."""
+        want = self.spec.topology
+        sweep = self.sampler.sweeper(window_bytes=self._window_bytes()) if want != "memory" else None
+        if want == "external" and sweep is None:
+            raise PlanError(f"{type(self.sampler).__name__} cannot sample in sweeps (its sweeper() hook returns "
+                            "None); plan with --topology memory or auto")
+        if sweep is None:
+            why = "asked for" if want == "memory" else f"{type(self.sampler).__name__} samples batch by batch only"
+            return None, f"node by node through the page cache ({why})"
+        size = self._topology_bytes()
+        if want == "external":
+            return sweep, f"in sweeps over groups of batches (asked for; the topology is {format_size(size)})"
+        from gnn_ooc.memory import available_memory
+
+        # half the room: the page cache also streams what the run reads besides (features being
+        # packed, plans, segments), and random reads need the topology to stay cached whole
+        room = (available_memory() - self.spec.memory_budget) // 2
+        if size <= room:
+            return None, (f"node by node through the page cache: the topology ({format_size(size)}) fits in half "
+                          f"the {format_size(max(0, 2 * room))} of memory left besides the budget")
+        return sweep, (f"in sweeps over groups of batches: the topology ({format_size(size)}) is larger than half "
+                       f"the {format_size(max(0, 2 * room))} of memory left for the page cache besides the budget")
+
+    def _window_bytes(self) -> int:
+        from gnn_ooc.sampler.sweep import WINDOW_BYTES
+
+        return max(256 << 10, min(WINDOW_BYTES, self.spec.memory_budget // 16))
+
+    def _topology_bytes(self) -> int:
+        weights = getattr(self.sampler, "weights", None)
+        return int(self.ds.indptr.nbytes + self.ds.indices.nbytes + (0 if weights is None else weights.nbytes))
+
+    def _group_size(self) -> tuple[int, int | None]:
+        """Batches per sweep group and the bytes of draws put back in order at a time (None: all of a
+        hop's, nothing spilled): the whole epoch when the budget holds it, else the largest group
+        whose state fits beside an eighth of what is left (at least four batches) for its draws,
+        which are spilled beyond that: a spill is one sequential write and read of the draws,
+        another group another sweep of the whole topology."""
+        fixed = sum(self._fixed_estimate().values()) + self.sweep.fixed_bytes()
+        state = self.sweep.bytes_per_batch(self.spec.batch_size)
+        draws = self.sweep.result_bytes(self.spec.batch_size)
+        avail = self.spec.memory_budget - fixed
+        if self.num_batches * (state + draws) <= avail:
+            return max(1, self.num_batches), None
+        results = max(4 * draws, avail // 8)  # spilling costs less than another group's sweeps
+        group = (avail - results) // max(1, state)
+        if group < 1:
+            least = -(-(fixed + state + 4 * draws) >> 20) << 20  # to a whole MiB, up
+            raise MemoryBudgetError(
+                f"planning in sweeps needs about {format_size(least)} (read windows {format_size(self.sweep.fixed_bytes())}, "
+                f"one batch and four batches' draws {format_size(state + 4 * draws)}, the rest {format_size(fixed - self.sweep.fixed_bytes())}); the "
+                f"memory budget is {format_size(self.spec.memory_budget)}: raise --memory-budget to at least "
+                f"{format_size(least)}, or lower --batch-size or --fanouts")
+        return int(max(1, min(group, self.num_batches))), int(results)
+
     def warm_up(self) -> None:
         """Sample one seed: loads the sampler's compiled kernels (memory that is not the budget's)."""
         self.sampler.sample(self.seeds[:1], SampleKey(self.spec.seed, 0, 0))
+        if self.sweep is not None:
+            list(self.sweep.sample_group([self.seeds[:1]], [SampleKey(self.spec.seed, 0, 0)]))
         serial = getattr(self.sampler, "serial", None)
         if self.threads > 1 and callable(serial):
             serial().sample(self.seeds[:1], SampleKey(self.spec.seed, 0, 0))
@@ -326,6 +398,8 @@ class Planner:
 
     def _fit_threads(self) -> int:
         """``spec.threads``, else as many cores as the budget's batches in flight allow."""
+        if self.sweep is not None:  # the sweep's kernels are parallel over the group's frontier
+            return self.spec.threads or max(1, os.cpu_count() or 1)
         if not self.sampler.thread_safe:
             return 1
         if self.spec.threads is not None:
@@ -338,12 +412,20 @@ class Planner:
     def memory_estimate(self, threads: int | None = None) -> dict[str, int]:
         """Bytes planning holds besides the memory-mapped topology (which the page cache manages)."""
         threads = threads or self.threads
+        if self.sweep is not None:
+            bs = self.spec.batch_size
+            draws = self.results_bytes if self.results_bytes is not None else self.group * self.sweep.result_bytes(bs)
+            return {**self._fixed_estimate(), "read windows": self.sweep.fixed_bytes(),
+                    f"groups of {self.group} batches": self.group * self.sweep.bytes_per_batch(bs),
+                    "draws put back in order": draws}
         per_edge = 48  # position, neighbour, row, col and copies while a batch is built and written
+        return {**self._fixed_estimate(), "batches in flight": (2 * threads + 3) * per_edge * self._edges_bound()}
+
+    def _fixed_estimate(self) -> dict[str, int]:
         return {
             "epoch order": 16 * int(self.seeds.size),
             "access counts": 4 * self.ds.num_nodes if self._dense_counts else 0,
             "writers": 4 * writer_staging(self.spec.memory_budget),
-            "batches in flight": (2 * threads + 3) * per_edge * self._edges_bound(),
         }
 
     def _edges_bound(self) -> int:
@@ -440,31 +522,47 @@ class Planner:
             stage.release()
         self._count(epoch)
         self.say(f"epoch {epoch}: {stats.batches} batches, {stats.edges:,} edges, "
-                 f"{stats.edges_per_second / 1e6:.1f} M edges/s, {stats.bytes_written / 2**20:.0f} MiB")
+                 f"{stats.edges_per_second / 1e6:.1f} M edges/s, {stats.bytes_written / 2**20:.0f} MiB"
+                 + ("" if self.sweep is None else f"; {stats.sweeps} sweeps read {format_size(stats.bytes_read)}"))
         return stats
+
+    def _topology_meta(self, before: Any) -> dict[str, Any]:
+        if self.sweep is None:
+            return {"path": "memory"}
+        st = self.sweep.stats
+        return {"path": "external", "group_batches": self.group, "sweeps": st.sweeps - before.sweeps,
+                "windows": st.windows - before.windows, "bytes_read": st.bytes_read - before.bytes_read,
+                "spilled_bytes": st.spilled_bytes - before.spilled_bytes}
 
     def _write_epoch(self, epoch: int, out: Path) -> EpochStats:
         t0 = time.perf_counter()
+        before = dataclasses.replace(self.sweep.stats) if self.sweep is not None else None
         writer = _EpochWriter(out, self.ds, self._num_layers(), self.sampler.settings().get("return_edge_ids", False),
                               self._dense_counts, self._chunk_nodes, writer_staging(self.spec.memory_budget))
         try:
             sample_s = 0.0
             with bar(self.num_batches, f"planning epoch {epoch}", enabled=self.bars, unit="batch") as shown:
-                for sub, dt in self._batches(epoch):
+                for sub, dt in self._batches(epoch, out / "scratch"):
                     writer.add(sub)
                     sample_s += dt
                     shown.update(1)
+            shutil.rmtree(out / "scratch", ignore_errors=True)  # the sweeps' spill files, if any
             meta = writer.close(epoch)
         except BaseException:
             writer.abort()
             raise
-        meta.update(sample_seconds=sample_s, seconds=time.perf_counter() - t0)
+        meta.update(sample_seconds=sample_s, seconds=time.perf_counter() - t0, topology=self._topology_meta(before))
         write_bytes_entry(out / EPOCH_JSON, out, json.dumps(meta, indent=2).encode())
+        topo = meta["topology"]
         return EpochStats(epoch, meta["batches"], meta["nodes"], meta["edges"], meta["bytes"],
-                          sample_s, meta["seconds"])
+                          sample_s, meta["seconds"], topo.get("sweeps", 0), topo.get("bytes_read", 0))
 
-    def _batches(self, epoch: int) -> Iterator[tuple[SampledSubgraph, float]]:
-        """The epoch's batches in order, sampled ``threads`` at a time (serial kernels per thread)."""
+    def _batches(self, epoch: int, scratch: Path) -> Iterator[tuple[SampledSubgraph, float]]:
+        """The epoch's batches in order, sampled ``threads`` at a time (serial kernels per thread),
+        or ``group`` at a time in sweeps over the topology."""
+        if self.sweep is not None:
+            yield from self._swept_batches(epoch, scratch)
+            return
         order = epoch_order(self.seeds, self.spec.seed, epoch)
         bs, nb = self.spec.batch_size, self.num_batches
         threads = self.threads
@@ -487,6 +585,25 @@ class Planner:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
+
+    def _swept_batches(self, epoch: int, scratch: Path) -> Iterator[tuple[SampledSubgraph, float]]:
+        from gnn_ooc.sampler.kernels import set_threads
+
+        order = epoch_order(self.seeds, self.spec.seed, epoch)
+        bs, nb, group = self.spec.batch_size, self.num_batches, max(1, self.group)
+        for g0 in range(0, nb, group):
+            batches = range(g0, min(nb, g0 + group))
+            t = time.perf_counter()
+            prev = set_threads(self.threads)
+            try:
+                subs = self.sweep.sample_group([order[b * bs : (b + 1) * bs] for b in batches],
+                                               [SampleKey(self.spec.seed, epoch, b) for b in batches],
+                                               results_bytes=self.results_bytes, scratch=scratch)
+                for sub in subs:  # each batch as it is done, written before the next is assembled
+                    dt, t = time.perf_counter() - t, time.perf_counter()
+                    yield sub, dt
+            finally:
+                set_threads(prev)
 
     def _count(self, epoch: int) -> None:
         """Add the epoch's access counts to the totals (a new versioned folder; once per epoch)."""

@@ -225,8 +225,9 @@ def timed(fn: Callable[..., T], *args: Any) -> tuple[T, float, float]:
 
 def sample_only(planner: Planner, epoch: int) -> None:
     """The planner's own sampling loop (same batches, keys, threads, window) without the writer."""
-    for _ in planner._batches(epoch):
-        pass
+    with tempfile.TemporaryDirectory(dir=planner.path) as scratch:  # spills of external planning, if any
+        for _ in planner._batches(epoch, Path(scratch)):
+            pass
 
 
 def plan_epoch(planner: Planner, epoch: int) -> EpochStats:

@@ -358,8 +358,17 @@ def _add_synth(sub: Any) -> None:
     p.add_argument("--classes", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--homophily", type=float)
+    p.add_argument("--split", type=_split_flag, help="train,valid,test fractions of the nodes (default 0.6,0.2,0.2)")
+    p.add_argument("--feature-dtype", choices=("float32", "float16"), help="of node_features.npy (default float32)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(handler=_run_synth)
+
+
+def _split_flag(text: str) -> tuple[float, float, float]:
+    try:
+        return _fractions(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _run_synth(args: argparse.Namespace) -> int:
@@ -393,6 +402,9 @@ def _add_sample(sub: Any) -> None:
     p.add_argument("--edge-ids", action="store_true", help="store global edge ids too")
     p.add_argument("--threads", type=int, help="sampling threads (default: all cores)")
     p.add_argument("--memory-budget", type=parse_size, default=1 << 30, help="e.g. 512M, 8G (default 1G)")
+    p.add_argument("--topology", choices=("auto", "memory", "external"), default="auto",
+                   help="read the topology node by node (memory) or in sweeps over groups of batches (external, "
+                        "for a topology larger than memory); auto: external when it does not fit (default)")
     p.add_argument("--force", action="store_true", help="replace a plan made with other settings")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -418,7 +430,8 @@ def _run_sample(args: argparse.Namespace) -> int:
     sampler = make_sampler(ds, args.sampler, args.fanouts, weights=args.weights, edge_ids=args.edge_ids,
                            threads=args.threads)
     spec = PlanSpec(name=args.name, batch_size=args.batch_size, split=args.split, seed=args.seed,
-                    drop_last=args.drop_last, threads=args.threads, memory_budget=args.memory_budget)
+                    drop_last=args.drop_last, threads=args.threads, memory_budget=args.memory_budget,
+                    topology=args.topology)
     planner = Planner(ds, sampler, spec, force=args.force, progress=_say, bars=not args.no_progress)
     epochs = []
     for e in range(args.start_epoch, args.start_epoch + args.epochs):

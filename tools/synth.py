@@ -25,7 +25,7 @@ chunk size; edges go to Parquet one row group per chunk, the ``.npy`` files are 
 Output folder (written to a hidden sibling and renamed into place when complete)::
 
     edges.parquet         int64 src, dst; one row per directed edge (self loops, duplicates kept)
-    node_features.npy     float32 [N, feature_dim]
+    node_features.npy     float32 (or float16) [N, feature_dim]
     node_labels.npy       int64 [N], the planted community 0..classes-1
     split/train.npy       int64 node ids, ascending (likewise valid.npy, test.npy; disjoint)
     synth.json            the parameters and counts, as returned by ``synth``
@@ -74,6 +74,7 @@ MAX_NODES = 1 << 50
 EDGE_COMPRESSION = "none"
 
 _SPLIT_NAMES = ("train", "valid", "test")
+FEATURE_DTYPES = ("float32", "float16")
 _PARQUET_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
 _MASK64 = (1 << 64) - 1
 _MAX_OFFSET = 1e12
@@ -119,6 +120,8 @@ class SynthConfig:
             sum may be below 1 to leave nodes out).
         chunk_edges: edges generated and written per Parquet row group; memory use is a small
             multiple of ``16 * chunk_edges`` bytes whatever the graph size.
+        feature_dtype: ``float32`` or ``float16`` (half the bytes; each value is the float32
+            one rounded, so a billion-edge graph's features need not be converted later).
 
     Example:
         >>> SynthConfig(nodes=5000, classes=5).feature_dim
@@ -140,8 +143,11 @@ class SynthConfig:
     noise: float = 0.6
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
     chunk_edges: int = 4_000_000
+    feature_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.feature_dtype not in FEATURE_DTYPES:
+            raise ValueError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {self.feature_dtype!r}")
         _check_int("nodes", self.nodes, 1, MAX_NODES)
         _check_int("classes", self.classes, 1, self.nodes)
         _check_int("feature_dim", self.feature_dim, 1, 1 << 20)
@@ -683,7 +689,8 @@ def _write_nodes(root: Path, cfg: SynthConfig, scr: _Scramble, report: _Reporter
     rows = max(1, (4 * cfg.chunk_edges) // f)
     (root / "split").mkdir()
     with ExitStack() as stack:
-        fx = _open_npy(stack, root / "node_features.npy", np.float32, (n, f))
+        dtype = np.dtype(cfg.feature_dtype)
+        fx = _open_npy(stack, root / "node_features.npy", dtype.type, (n, f))
         fy = _open_npy(stack, root / "node_labels.npy", np.int64, (n,))
         fs = [
             _open_npy(stack, root / "split" / f"{name}.npy", np.int64, (size,))
@@ -701,7 +708,8 @@ def _write_nodes(root: Path, cfg: SynthConfig, scr: _Scramble, report: _Reporter
             _split_kernel(np.int64(start), which, split_key, cuts)
             # ascending within the chunk, chunks in order: the split files come out sorted
             ids = [np.flatnonzero(which == k).astype(np.int64) + start for k in range(3)]
-            background.submit(partial(_write_all, [fx, fy, *fs], [feats, labels, *ids]))
+            out = feats if dtype == np.float32 else feats.astype(dtype)
+            background.submit(partial(_write_all, [fx, fy, *fs], [out, labels, *ids]))
             report(f"nodes {start + count:,}/{n:,}")
     return {"nodes": n, **dict(zip(_SPLIT_NAMES, sizes))}
 

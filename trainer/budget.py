@@ -124,14 +124,17 @@ def _too_small(budget: int, mode: str, fixed: dict[str, int], fits: Any) -> str:
 
 
 def _least(need: int, fits: Any) -> int:
-    """The least budget (to 1 MiB) whose fixed parts fit: the shares that scale with the budget grow too."""
+    """The least budget (to 1 MiB) whose fixed parts fit: the shares that scale with the budget grow too.
+
+    Plus 2 %, rounded up to a MiB: the step is measured, and a second run measures it a little
+    differently, so the budget named must hold the next run too, not only this one."""
     lo, hi = need, need
     while not _fits(fits, hi):
         hi *= 2
     while hi - lo > 1 << 20:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if _fits(fits, mid) else (mid, hi)
-    return hi
+    return -(-(hi + hi // 50) >> 20) << 20
 
 
 def _fits(fits: Any, budget: int) -> bool:
@@ -175,7 +178,9 @@ def measure_step(model: Any, sub: Any, dim: int, dtype: Any, device: Any, classe
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=False)
-        torch.nn.functional.cross_entropy(twin(blocks, x).float(), y).backward()
+        # half-precision features are converted for the fp32 model in every step, as training does
+        inputs = x.float() if x.is_floating_point() and x.dtype != torch.float32 else x
+        torch.nn.functional.cross_entropy(twin(blocks, inputs).float(), y).backward()
         optimizer.step()
 
     with torch.random.fork_rng(devices=[]):

@@ -74,6 +74,9 @@ class TrainConfig:
     plan: str | None = _opt(None, "train on this plan of the dataset (gnn-ooc sample --name NAME) instead of planning "
                                   "a run's own: its epochs are used as they are (and kept), missing ones planned into it; "
                                   "its fan-outs, batch size and seed are the defaults (offline mode)")
+    topology: str = _opt("auto", "how planning reads the topology: memory (node by node), external (sweeps over "
+                         "groups of batches, for a topology larger than memory), auto (external when it does not fit)",
+                         choices=("auto", "memory", "external"))
     threads: int | None = _opt(None, "CPU threads for torch and the samplers (default: all)")
     device: str = _opt("auto", "auto | cpu | cuda", choices=DEVICES)
     precision: str = _opt("fp32", "fp32 | bf16 | fp16 autocast", choices=PRECISIONS)

@@ -210,7 +210,7 @@ class Trainer:
 
     def _step(self, batch: TrainBatch) -> float:
         with self.timers.time("compute"):
-            x = batch.x.to(self.device, non_blocking=True)
+            x = self._inputs(batch.x)
             y = batch.y.to(self.device, non_blocking=True)
             blocks = [b.to(self.device, non_blocking=True) for b in batch.blocks]
             self.optimizer.zero_grad(set_to_none=True)
@@ -237,6 +237,14 @@ class Trainer:
             self.steps_log.append(record)
         self.tb.scalars("train", record, self.state.step)
         return value
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Features on the device, in float32 unless autocast computes in half precision (float16
+        and bfloat16 datasets store half the bytes; an fp32 model computes on float32 inputs)."""
+        x = x.to(self.device, non_blocking=True)
+        if self.settings.precision == "fp32" and x.is_floating_point() and x.dtype != torch.float32:
+            x = x.float()
+        return x
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.settings.precision)
@@ -316,7 +324,7 @@ class Trainer:
                              unit="batch")
         for batch in iter_batches(source, 0, self.settings.depth, device=self.device):
             with self._autocast():
-                out = model([b.to(self.device) for b in batch.blocks], batch.x.to(self.device))
+                out = model([b.to(self.device) for b in batch.blocks], self._inputs(batch.x))
             y = batch.y.to(out.device)
             known = y >= 0  # an unlabelled node is neither right nor wrong
             correct += int((out.argmax(1)[known] == y[known]).sum())

@@ -468,7 +468,7 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, eval_sampl
         # when each node keeps the dataset on its own local disk
         plan_name += f"-rank{rank}"
     plan_spec = PlanSpec(name=plan_name, batch_size=cfg.batch_size, seed=cfg.seed,
-                         threads=cfg.threads, memory_budget=shares.planning)
+                         threads=cfg.threads, memory_budget=shares.planning, topology=cfg.topology)
     # 0 (auto) is fitted to the first epoch below; a shared plan's packs are this run's own
     pack_spec = PackSpec(name="default" if cfg.plan is None else _run_pack_name(run),
                          segment_batches=cfg.segment_batches or 1, memory_budget=shares.planning,
@@ -566,7 +566,7 @@ def _offline_eval_epoch(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler,
     """``split``'s evaluation batches (the ones ``SampledSource`` would sample: seed + 1, epoch 0),
     planned and packed once beside the training plan against the training caches' placement."""
     spec = PlanSpec(name=f"{epochs.eval_prefix}-{split}", split=split, batch_size=cfg.eval_batch_size or cfg.batch_size,
-                    seed=cfg.seed + 1, threads=cfg.threads, memory_budget=shares.planning)
+                    seed=cfg.seed + 1, threads=cfg.threads, memory_budget=shares.planning, topology=cfg.topology)
     planner = Planner(ds, sampler, spec, progress=say)
     mark_owner(planner.plan.path, run)
     planner.plan_epoch(0)

@@ -40,6 +40,71 @@ def process_memory(pid: int | None = None) -> int:
     return sum(int(v.split()[0]) * 1024 for v in fields.values())
 
 
+def available_memory() -> int:
+    """Bytes this process could still fill, page cache included: the system's ``MemAvailable``,
+    or less where a cgroup (v1 or v2, this one or an ancestor) caps the process: its limit
+    minus what its processes hold outside reclaimable page cache. Planning uses it to tell
+    whether the topology can stay in the page cache."""
+    import psutil
+
+    room = int(psutil.virtual_memory().available)
+    for limit, used in _cgroup_limits():
+        room = min(room, max(0, limit - used))
+    return room
+
+
+def _cgroup_limits() -> list[tuple[int, int]]:
+    """(limit, non-reclaimable use) of every memory cgroup above this process that has a limit."""
+    out = []
+    for folder, v2 in _cgroup_folders():
+        while True:
+            limit = _read_int(folder, "memory.max" if v2 else "memory.limit_in_bytes")
+            if limit is not None and limit < 1 << 60:
+                used = _read_int(folder, "memory.current" if v2 else "memory.usage_in_bytes") or 0
+                cache = _stat(folder, "file" if v2 else "total_cache")
+                out.append((limit, max(0, used - cache)))
+            if folder.count("/") <= 4:
+                break
+            folder = os.path.dirname(folder)
+    return out
+
+
+def _cgroup_folders() -> list[tuple[str, bool]]:
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = [line.strip().split(":", 2) for line in f]
+    except OSError:
+        return []
+    out = []
+    for parts in lines:
+        if len(parts) == 3 and parts[1] == "memory":
+            out.append(("/sys/fs/cgroup/memory" + parts[2].rstrip("/"), False))
+        elif len(parts) == 3 and parts[0] == "0" and parts[1] == "":
+            out.append(("/sys/fs/cgroup" + parts[2].rstrip("/"), True))
+    return [(f, v2) for f, v2 in out if os.path.isdir(f)]
+
+
+def _read_int(folder: str, name: str) -> int | None:
+    try:
+        with open(os.path.join(folder, name)) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _stat(folder: str, key: str) -> int:
+    try:
+        with open(os.path.join(folder, "memory.stat")) as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def tune_allocator() -> None:
     """Make glibc give freed memory back: two arenas, large blocks mapped (and unmapped) apart,
     the heap trimmed at 1 MiB. With its defaults, per-thread arenas kept 55-95 MiB of freed

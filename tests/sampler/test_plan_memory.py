@@ -47,13 +47,17 @@ class Peak:
         return self.peak - self.base
 
 
-def test_topology_larger_than_the_budget(tmp_path: Path) -> None:
-    n, e = 300_000, 3_000_000
+def random_dataset(root: Path, n: int = 300_000, e: int = 3_000_000) -> Dataset:
+    """Uniform random edges (a 14 MB topology by default), every sixth node training."""
     rng = np.random.default_rng(0)
-    write_raw(tmp_path / "raw", rng.integers(0, n, e), rng.integers(0, n, e), splits={"train": np.arange(0, n, 6)})
-    preprocess(PreprocessSpec(output=tmp_path / "ds", edges=(tmp_path / "raw" / "edges.parquet",), num_nodes=n,
-                              split_dir=tmp_path / "raw" / "split"))
-    ds = Dataset.open(tmp_path / "ds")
+    write_raw(root / "raw", rng.integers(0, n, e), rng.integers(0, n, e), splits={"train": np.arange(0, n, 6)})
+    preprocess(PreprocessSpec(output=root / "ds", edges=(root / "raw" / "edges.parquet",), num_nodes=n,
+                              split_dir=root / "raw" / "split"))
+    return Dataset.open(root / "ds")
+
+
+def test_topology_larger_than_the_budget(tmp_path: Path) -> None:
+    ds = random_dataset(tmp_path)
     topology = ds.manifest.files["indptr"].size + ds.manifest.files["indices"].size
     budget = 10 << 20
     assert topology > budget + (2 << 20)

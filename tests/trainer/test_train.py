@@ -51,11 +51,16 @@ def test_loss_decreases_and_summary(dataset: Path, tmp_path: Path) -> None:
 
 
 def test_offline_online_and_mmap_train_on_the_same_batches_as_memory(dataset: Path, tmp_path: Path) -> None:
-    runs = {m: tmp_path / m for m in ("memory", "offline", "online", "mmap")}
+    runs = {m: tmp_path / m for m in ("memory", "offline", "online", "mmap", "external")}
     small = {"gpu_cache": "4K", "cpu_cache": "4K"}  # most rows from packed segments and disk
-    summaries = {m: train(config(dataset, run, mode=m, **small), say=quiet) for m, run in runs.items()}
+    said: list[str] = []
+    summaries = {m: train(config(dataset, run, mode=m, **small), say=quiet) for m, run in runs.items() if m != "external"}
+    # the plan (training and evaluation batches) sampled in sweeps over the topology
+    summaries["external"] = train(config(dataset, runs["external"], mode="offline", topology="external", **small),
+                                  say=said.append)
+    assert sum("reads the topology in sweeps" in m for m in said) >= 2, said
     ref = steps(runs["memory"])
-    for m in ("offline", "online", "mmap"):
+    for m in ("offline", "online", "mmap", "external"):
         got = steps(runs[m])
         assert [r["batch"] for r in got] == [r["batch"] for r in ref]
         assert np.allclose([r["loss"] for r in got], [r["loss"] for r in ref], atol=1e-5)
@@ -187,3 +192,27 @@ def test_failing_assembly_while_reads_wait_for_buffers(dataset: Path, tmp_path: 
     worker.join(timeout=90)
     assert not worker.is_alive(), "the run hung after a stage failed"
     assert failure and isinstance(failure[0], PipelineError) and "assembly failed" in str(failure[0])
+
+
+def test_half_precision_features_train_in_fp32(tmp_path: Path) -> None:
+    """float16 features (``synth --feature-dtype float16``, kept by ``preprocess --feature-dtype float16``)
+    train an fp32 model in every mode, on the same batches and losses as each other."""
+    from gnn_ooc.graphstore.base import PreprocessSpec
+    from gnn_ooc.graphstore.dataset import Dataset
+    from gnn_ooc.graphstore.preprocess import preprocess
+    from gnn_ooc.tools.synth import SynthConfig, synth
+
+    raw = tmp_path / "raw"
+    synth(raw, SynthConfig(nodes=1500, avg_degree=5, feature_dim=8, classes=3, seed=1, feature_dtype="float16"))
+    assert np.load(raw / "node_features.npy").dtype == np.float16
+    preprocess(PreprocessSpec(output=tmp_path / "ds", edges=(raw / "edges.parquet",), undirected=True,
+                              features=raw / "node_features.npy", labels=raw / "node_labels.npy",
+                              split_dir=raw / "split", feature_dtype="float16"))
+    assert Dataset.open(tmp_path / "ds").feature_dtype == "float16"
+    losses = {}
+    for mode in ("memory", "offline", "online"):
+        train(config(tmp_path / "ds", tmp_path / mode, mode=mode, epochs=1), say=quiet)
+        losses[mode] = [r["loss"] for r in steps(tmp_path / mode)]
+    assert all(np.isfinite(v).all() for v in losses.values())
+    assert np.allclose(losses["offline"], losses["memory"], atol=1e-5)
+    assert np.allclose(losses["online"], losses["memory"], atol=1e-5)

@@ -1,0 +1,524 @@
+"""Sampling a group of batches by sweeping the topology: for graphs whose CSC does not fit in memory.
+
+Node-wise sampling reads ``indptr`` and ``indices`` at random, one node at a time: once the
+topology is larger than the page cache, every read is a disk seek (0.2 M sampled edges/s).
+``SweepSampler`` samples a *group* of batches hop by hop instead: it gathers the frontier of
+every batch in the group, sorts it by node id, reads the ``indptr`` entries and the
+``indices`` (and weights) ranges it needs in ascending order with large reads (a gap of less
+than ``gap_bytes`` is read through rather than sought over), draws every node's neighbours in
+the window that holds them, and puts the draws back in each batch's order. One hop of a group
+costs at most one sequential pass over the topology.
+
+The draws are the in-memory kernels' own (``kernels``: every random number is a function of the
+batch key, the node and the draw index, so the order nodes are visited in does not matter) and
+each batch is relabelled by the same code (``kernels.Layers``): a group's batches are the same
+bytes as ``NeighborSampler.sample`` gives one by one, uniform, weighted and ``-1`` alike.
+
+A group's hops are swept whole (its frontier entries, sorted, are in memory), then its draws are
+put back in batch order a *sub-group* at a time; when a hop's draws are more than
+``results_bytes``, the sweep spills them by sub-group to scratch files and reads each back once.
+Memory: per batch of the group, its earlier hops and its last frontier (``bytes_per_batch``);
+one sub-group's draws (``results_bytes``); two read windows and one window's draws
+(``fixed_bytes``). A node whose in-edges alone are larger than a window gets one of its own size.
+
+Example:
+    >>> import numpy as np
+    >>> from gnn_ooc.sampler import NeighborSampler, SampleKey
+    >>> g = (np.array([0, 2, 3, 5, 6]), np.array([1, 2, 0, 0, 3, 2], np.int32))
+    >>> s = NeighborSampler(g, [1, -1])
+    >>> sweep = SweepSampler(s)
+    >>> keys = [SampleKey(0, 0, 0), SampleKey(0, 0, 1)]
+    >>> outs = list(sweep.sample_group([np.array([0]), np.array([3, 1])], keys))
+    >>> [o.node.tolist() == s.sample(seeds, k).node.tolist() for o, seeds, k in zip(outs, [[0], [3, 1]], keys)]
+    [True, True]
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import threading
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from numba import njit, prange
+
+from gnn_ooc.graphstore.base import DiskSpaceError
+from gnn_ooc.sampler import kernels
+from gnn_ooc.sampler.base import (
+    CorruptGraphError,
+    SampledSubgraph,
+    SampleKey,
+    SamplerError,
+    as_seeds,
+    reopenable,
+)
+from gnn_ooc.units import format_size
+
+#: Bytes per draw while a sub-group's hop is put back in order and relabelled (the bucket, its
+#: batch-order copy, rows, cols, edge ids, the emitted batch's copies).
+BYTES_PER_EDGE = 80
+#: Bytes per frontier entry while a hop is swept (node, order, batch, offsets, bound, and the
+#: temporaries of finding the windows).
+BYTES_PER_ENTRY = 72
+#: Bytes a batch keeps per edge and per node of its earlier hops between sweeps.
+STATE_PER_EDGE, STATE_PER_NODE = 24, 16
+#: Bytes per draw of the window being sampled (positions, neighbours, their packed copy).
+WINDOW_RESULT_BYTES = 32
+#: Read through a gap smaller than this rather than seek over it (a seek costs about 100 us,
+#: the time a disk reads 64-256 KiB in).
+GAP_BYTES = 256 << 10
+WINDOW_BYTES = 32 << 20
+#: What a sweep holds besides its arrays: the reading thread's allocator arena, Python objects
+#: per batch and per window (measured: 0.5-1 MiB on the test graph).
+SWEEP_OVERHEAD = 1 << 20
+#: Concurrent reads per window, each at least ``PIECE_BYTES``. One: under a memory cap that
+#: includes the page cache, one buffered stream read 0.99 GB/s here, two 0.98, four 0.63-0.74
+#: (reclaiming the cache is the limit), O_DIRECT 0.61-0.79.
+READ_STREAMS, PIECE_BYTES = 1, 4 << 20
+
+
+@dataclass
+class SweepStats:
+    """What sweeping read: bytes, reads (windows) and hops swept, across calls."""
+
+    bytes_read: int = 0
+    windows: int = 0
+    sweeps: int = 0
+    entries: int = 0
+    spilled_bytes: int = 0
+
+
+class RangeReader:
+    """Reads ranges ``[lo, hi)`` of a 1-D array: with ``pread`` from its ``.npy`` file when the array
+    is a memory map of one (no page-cache mapping grows with the graph), else by slicing."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.arr, self.dtype, self.item = arr, arr.dtype, arr.dtype.itemsize
+        where = reopenable(arr)
+        self.fd: int | None = None
+        self.name = getattr(where, "filename", None)
+        if self.name is not None:
+            self.fd = os.open(self.name, os.O_RDONLY)
+            self.base = int(np.load(self.name, mmap_mode="r").offset)
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        out = np.empty(hi - lo, self.dtype)
+        self.read_into(out, lo)
+        return out
+
+    def read_into(self, out: np.ndarray, lo: int) -> None:
+        """Elements ``[lo, lo + len(out))`` into ``out`` (any thread: ``pread`` keeps no position)."""
+        if self.fd is None:
+            out[:] = self.arr[lo : lo + out.shape[0]]
+            return
+        view, offset, done = memoryview(out).cast("B"), self.base + lo * self.item, 0  # type: ignore[arg-type]
+        while done < view.nbytes:
+            got = os.preadv(self.fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise CorruptGraphError(f"{self.name}: ends at byte {offset + done}, expected "
+                                        f"{self.base + (lo + out.shape[0]) * self.item} (the file is truncated)")
+            done += got
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class SweepSampler:
+    """Samples groups of batches of a ``NeighborSampler`` by sweeping its topology (module docstring).
+
+    Example:
+        >>> sweep = SweepSampler(NeighborSampler(ds, [10, 5]))                      # doctest: +SKIP
+        >>> subs = list(sweep.sample_group([seeds_0, seeds_1], [key_0, key_1]))   # doctest: +SKIP
+    """
+
+    def __init__(self, sampler: Any, *, window_bytes: int = WINDOW_BYTES, gap_bytes: int = GAP_BYTES,
+                 parallel: bool = True) -> None:
+        self.sampler = sampler
+        g = sampler.graph
+        self.indptr, self.indices, self.weights = g.indptr, g.indices, sampler.weights
+        self.num_nodes, self.num_edges = g.num_nodes, g.num_edges
+        self.fanouts, self.want_edges = sampler.fanouts, sampler.return_edge_ids
+        self.window_bytes, self.gap_bytes = int(window_bytes), int(gap_bytes)
+        self.parallel = parallel
+        self.stats = SweepStats()
+        self._readers: dict[str, RangeReader] = {}
+
+    # --- sizing ----------------------------------------------------------------------------------
+    def _hops_bound(self, batch_size: int) -> list[tuple[float, float]]:
+        """Per hop, a bound on one batch's (frontier entries, sampled edges)."""
+        mean = max(1.0, self.num_edges / max(1, self.num_nodes))
+        frontier, out = float(batch_size), []
+        for f in self.fanouts:
+            edges = frontier * (4 * mean if f < 0 else f)
+            out.append((frontier, min(edges, float(self.num_edges))))
+            frontier = edges
+        return out
+
+    def bytes_per_batch(self, batch_size: int) -> int:
+        """What one batch holds in a group between sweeps: the hops before the last (nodes, edges)
+        and the last hop's frontier entries (the last hop's edges go through ``results``)."""
+        hops = self._hops_bound(batch_size)
+        state = sum(STATE_PER_EDGE * e + STATE_PER_NODE * e for _, e in hops[:-1])
+        return int(STATE_PER_NODE * batch_size + state + BYTES_PER_ENTRY * max(f for f, _ in hops))
+
+    def result_bytes(self, batch_size: int) -> int:
+        """One batch's largest hop of draws while it is put back in order and relabelled."""
+        return int(BYTES_PER_EDGE * max(e for _, e in self._hops_bound(batch_size)))
+
+    def fixed_bytes(self) -> int:
+        """Two read windows (indices, and weights when weighted), one window's draws, overhead."""
+        item = self.indices.dtype.itemsize
+        per_edge = item + (0 if self.weights is None else self.weights.dtype.itemsize)
+        return (2 * (self.window_bytes // item) * per_edge + self._window_results() * WINDOW_RESULT_BYTES
+                + SWEEP_OVERHEAD)
+
+    def _window_results(self) -> int:
+        return max(1 << 12, self.window_bytes // WINDOW_RESULT_BYTES)
+
+    # --- sampling --------------------------------------------------------------------------------
+    def sample_group(self, seeds: Sequence[np.ndarray], keys: Sequence[SampleKey], *,
+                     results_bytes: int | None = None, scratch: Path | None = None) -> Iterator[SampledSubgraph]:
+        """The batches ``sampler.sample(seeds[i], keys[i])`` would give, in order, one sweep per hop.
+
+        A hop's draws are put back into batch order a sub-group at a time, each sub-group's draws at
+        most ``results_bytes`` (default: no limit); with more than one sub-group, the sweep spills
+        them to files in ``scratch`` (required then), read back once."""
+        if len(seeds) != len(keys):
+            raise SamplerError(f"{len(seeds)} seed arrays but {len(keys)} keys")
+        layers = [kernels.Layers(as_seeds(s, self.num_nodes), self.num_nodes, self.want_edges) for s in seeds]
+        for lay in layers:
+            lay.drop_table()  # built when the batch's first hop is relabelled, not for the whole group at once
+        ukeys = np.array([k.stream() for k in keys], dtype=np.uint64)
+        last = len(self.fanouts) - 1
+        for h, fanout in enumerate(self.fanouts):
+            frontiers = [lay.frontier() for lay in layers]
+            for b, (cnt, pos, nbr) in self._hop(frontiers, ukeys, fanout, results_bytes, scratch):
+                layers[b].add_hop(cnt, pos, nbr, self.indices)
+                if h == last:
+                    yield SampledSubgraph(*_fields(layers[b].result()))
+                    layers[b] = None  # emitted: its memory goes now
+                else:
+                    layers[b].drop_table()  # rebuilt at the next hop: tables are most of a batch's state
+
+    def _hop(self, frontiers: list[np.ndarray], ukeys: np.ndarray, fanout: int, results_bytes: int | None,
+             scratch: Path | None) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
+        sizes = np.array([f.shape[0] for f in frontiers], dtype=np.int64)
+        entry_off = np.concatenate([[0], np.cumsum(sizes)])
+        nodes = np.concatenate(frontiers) if frontiers else np.empty(0, np.int64)
+        order = np.argsort(nodes, kind="stable")
+        v = nodes[order]
+        del nodes
+        bid = np.repeat(np.arange(len(frontiers), dtype=np.int32), sizes)[order]  # each entry's batch
+        start, end = self._offsets(v)
+        deg = np.subtract(end, start, out=end)
+        bound = deg if fanout < 0 else np.minimum(deg, fanout)
+        subgroups = _subgroups(bound, order, entry_off, results_bytes)
+        with _Buckets(len(subgroups) - 1, scratch, self.indices.dtype) as buckets:
+            self._sweep(v, ukeys, bid, start, deg, bound, fanout, order, entry_off[subgroups], buckets)
+            del v, bid, start, deg, bound
+            self.stats.sweeps += 1
+            self.stats.entries += int(order.shape[0])
+            del order
+            self.stats.spilled_bytes += buckets.bytes_written
+            for s in range(len(subgroups) - 1):
+                b0, b1 = int(subgroups[s]), int(subgroups[s + 1])
+                yield from self._assemble(buckets.load(s), entry_off, b0, b1)
+
+    def _assemble(self, bucket: tuple[np.ndarray, ...], entry_off: np.ndarray, b0: int,
+                  b1: int) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
+        """One sub-group's draws (in node order) back in each batch's frontier order."""
+        orig, cnt, pos, nbr = bucket
+        e0 = int(entry_off[b0])
+        local = orig - e0
+        cnt_o = np.zeros(int(entry_off[b1]) - e0, np.int64)
+        cnt_o[local] = cnt
+        off_o = np.zeros(cnt_o.shape[0] + 1, np.int64)
+        np.cumsum(cnt_o, out=off_o[1:])
+        src = np.zeros(cnt.shape[0] + 1, np.int64)
+        np.cumsum(cnt, out=src[1:])
+        pos_o, nbr_o = np.empty(pos.shape[0], np.int64), np.empty(nbr.shape[0], nbr.dtype)
+        _unsort(local, cnt, src, off_o, pos, nbr, pos_o, nbr_o)
+        del bucket, orig, cnt, pos, nbr, local, src
+        for b in range(b0, b1):
+            lo, hi = int(entry_off[b]) - e0, int(entry_off[b + 1]) - e0
+            yield b, (cnt_o[lo:hi], pos_o[off_o[lo] : off_o[hi]], nbr_o[off_o[lo] : off_o[hi]])
+
+    def _offsets(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``indptr[v]`` and ``indptr[v + 1]`` for sorted ``v``, read in ascending windows; checked."""
+        start, end = np.empty(v.shape[0], np.int64), np.empty(v.shape[0], np.int64)
+        reader = self._reader("indptr", self.indptr)
+        zeros = np.zeros(v.shape[0], np.int64)
+        for (i0, i1, lo, _hi), (buf,) in self._windows(reader, v, v + 2, zeros, []):
+            start[i0:i1] = buf[v[i0:i1] - lo]
+            end[i0:i1] = buf[v[i0:i1] + 1 - lo]
+        # sorted nodes have non-decreasing offsets in a sound graph: the windows rely on it
+        down = np.zeros(v.shape[0], bool)
+        down[1:] = start[1:] < start[:-1]
+        bad = np.flatnonzero((start < 0) | (end < start) | (end > self.num_edges) | down)
+        if bad.size:
+            i = int(bad[0])
+            raise CorruptGraphError.bad_offsets(self.indptr, int(v[i]), int(start[i]), int(end[i]), self.num_edges)
+        return start, end
+
+    def _sweep(self, v: np.ndarray, ukeys: np.ndarray, bid: np.ndarray, start: np.ndarray, deg: np.ndarray,
+               bound: np.ndarray, fanout: int, order: np.ndarray, cuts: np.ndarray, buckets: _Buckets) -> None:
+        """One ascending pass: each window's draws, split by sub-group into the buckets."""
+        weighted = self.weights is not None
+        readers = [self._reader("indices", self.indices)]
+        if weighted:
+            readers.append(self._reader("weights", self.weights))
+        # numba's default threading layer is not re-entrant: parallel kernels from the main thread only
+        main = threading.current_thread() is threading.main_thread()
+        kernel = _window_par if self.parallel and main and kernels.parallel_allowed() else _window_ser
+        empty_w = np.empty(0, np.float32)
+        for (i0, i1, lo, _hi), bufs in self._windows(readers[0], start, start + deg, bound, readers[1:]):
+            off = np.zeros(i1 - i0 + 1, np.int64)
+            np.cumsum(bound[i0:i1], out=off[1:])
+            cnt = np.zeros(i1 - i0, np.int64)
+            pos = np.empty(int(off[-1]), np.int64)
+            nbr = np.empty(pos.shape[0], self.indices.dtype)
+            kernel(v[i0:i1], ukeys[bid[i0:i1]], start[i0:i1], deg[i0:i1], lo, bufs[0],
+                   bufs[1] if weighted else empty_w, weighted, fanout, off, cnt, pos, nbr)
+            sub_of = np.searchsorted(cuts, order[i0:i1], "right") - 1  # the entries' sub-groups
+            buckets.add_window(sub_of, order[i0:i1], cnt, off, pos, nbr)
+
+    def _windows(self, reader: RangeReader, lo: np.ndarray, hi: np.ndarray, results: np.ndarray,
+                 also: list[RangeReader]) -> Iterator[tuple[tuple[int, int, int, int], list[np.ndarray]]]:
+        """Windows over sorted ranges ``[lo[i], hi[i])`` (at most ``_window_results`` draws each, by
+        ``results``), each read (by ``reader`` and the ``also`` readers, same ranges) one window
+        ahead while the caller works on the last, in ``READ_STREAMS`` concurrent pieces."""
+        item = reader.item
+        bounds = _plan_windows(lo, hi, results, max(1, self.gap_bytes // item), max(1, self.window_bytes // item),
+                               self._window_results())
+        wins = [tuple(int(x) for x in row) for row in bounds]
+        if not wins:
+            return
+        readers = [reader, *also]
+        with ThreadPoolExecutor(READ_STREAMS, thread_name_prefix="gnn-ooc-sweep") as pool:
+
+            def start(w: tuple[int, ...]) -> tuple[list[np.ndarray], list[Future[None]]]:
+                n = w[3] - w[2]
+                bufs = [np.empty(n, r.dtype) for r in readers]
+                piece = max(PIECE_BYTES // item, -(-n // READ_STREAMS))
+                futs = [pool.submit(r.read_into, buf[a : a + piece], w[2] + a)
+                        for r, buf in zip(readers, bufs) for a in range(0, n, piece)]
+                return bufs, futs
+
+            ahead = start(wins[0])
+            for k, w in enumerate(wins):
+                bufs, futs = ahead
+                for f in futs:
+                    f.result()
+                self.stats.bytes_read += sum(b.nbytes for b in bufs)
+                self.stats.windows += 1
+                if k + 1 < len(wins):
+                    ahead = start(wins[k + 1])
+                yield w, bufs  # type: ignore[misc]
+
+    def _reader(self, name: str, arr: np.ndarray) -> RangeReader:
+        if name not in self._readers:
+            self._readers[name] = RangeReader(arr)
+        return self._readers[name]
+
+    def close(self) -> None:
+        for r in self._readers.values():
+            r.close()
+        self._readers.clear()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _subgroups(bound: np.ndarray, order: np.ndarray, entry_off: np.ndarray, results_bytes: int | None) -> np.ndarray:
+    """Batch boundaries of the sub-groups whose draws (``bound`` per sorted entry) fit ``results_bytes``."""
+    nb = entry_off.shape[0] - 1
+    if results_bytes is None:
+        return np.array([0, nb], np.int64)
+    per_entry = np.empty_like(bound)
+    per_entry[order] = bound
+    cum = np.concatenate([[0], np.cumsum(per_entry)])
+    per_batch = cum[entry_off[1:]] - cum[entry_off[:-1]]  # empty batches (no frontier left) hold 0
+    cut, used, out = 0, 0, [0]
+    limit = max(1, results_bytes // BYTES_PER_EDGE)
+    for b in range(nb):  # per batch, not per item: a few thousand steps at most
+        e = int(per_batch[b])
+        if used and used + e > limit:
+            out.append(b)
+            used = 0
+        used += e
+        cut = b
+    del cut
+    out.append(nb)
+    return np.array(out, np.int64)
+
+
+class _Buckets:
+    """One hop's draws by sub-group: in memory when there is one sub-group, else appended to four
+    files per sub-group in ``scratch`` (entries' batch-order index and count, positions,
+    neighbours), read back once and deleted. A full disk is a ``DiskSpaceError`` naming the file."""
+
+    def __init__(self, count: int, scratch: Path | None, node_dtype: np.dtype) -> None:
+        self.count, self.node_dtype = count, node_dtype
+        self.spill = count > 1
+        if self.spill and scratch is None:
+            raise SamplerError(f"{count} sub-groups need a scratch folder to spill to")
+        self.dir = None if not self.spill else Path(scratch) / f"hop-{uuid.uuid4().hex[:8]}"  # type: ignore[arg-type]
+        if self.dir is not None:
+            self.dir.mkdir(parents=True)
+        self.mem: list[list[list[np.ndarray]]] = [[[], [], [], []] for _ in range(count)] if not self.spill else []
+        self.bytes_written = 0
+
+    def __enter__(self) -> _Buckets:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def add_window(self, sub_of: np.ndarray, orig: np.ndarray, cnt: np.ndarray, off: np.ndarray,
+                   pos: np.ndarray, nbr: np.ndarray) -> None:
+        """One window's draws (entries in node order, ``off`` their bound offsets), by sub-group."""
+        by = np.argsort(sub_of, kind="stable")
+        subs, first = np.unique(sub_of[by], return_index=True)
+        starts = np.append(first, by.shape[0])
+        c = cnt[by]
+        dst = np.zeros(by.shape[0] + 1, np.int64)
+        np.cumsum(c, out=dst[1:])
+        pos_c, nbr_c = np.empty(int(dst[-1]), np.int64), np.empty(int(dst[-1]), nbr.dtype)
+        _compact(by, off, c, dst, pos, nbr, pos_c, nbr_c)
+        for k, s in enumerate(subs.tolist()):
+            i0, i1 = int(starts[k]), int(starts[k + 1])
+            parts = (orig[by[i0:i1]], c[i0:i1], pos_c[dst[i0] : dst[i1]], nbr_c[dst[i0] : dst[i1]])
+            self._put(s, parts)
+
+    def _put(self, s: int, parts: tuple[np.ndarray, ...]) -> None:
+        if not self.spill:
+            for lst, a in zip(self.mem[s], parts):
+                lst.append(a)
+            return
+        assert self.dir is not None
+        for part, a in zip(_PARTS, parts):
+            path = self.dir / f"{s}.{part}"
+            try:
+                _append(path, a)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise DiskSpaceError(f"{path}: the disk filled while spilling sampled edges "
+                                         f"({format_size(self.bytes_written)} written); free space there, or raise "
+                                         "--memory-budget (fewer spills)") from None
+                raise
+            self.bytes_written += a.nbytes
+
+    def load(self, s: int) -> tuple[np.ndarray, ...]:
+        """Sub-group ``s``'s entries and draws, in the order the sweep produced them."""
+        dtypes: tuple[Any, ...] = (np.dtype(np.int64), np.dtype(np.int64), np.dtype(np.int64), self.node_dtype)
+        if not self.spill:
+            got = tuple(np.concatenate(lst) if lst else np.empty(0, dt) for lst, dt in zip(self.mem[s], dtypes))
+            self.mem[s] = [[], [], [], []]
+            return got
+        assert self.dir is not None
+        paths = [self.dir / f"{s}.{part}" for part in _PARTS]
+        out = tuple(np.fromfile(p, dtype=dt) if p.exists() else np.empty(0, dt) for p, dt in zip(paths, dtypes))
+        for p in paths:
+            if p.exists():
+                os.unlink(p)
+        return out
+
+
+def _append(path: Path, a: np.ndarray) -> None:
+    """Append ``a``'s bytes to ``path``: opened per call (one descriptor at a time, however many
+    sub-groups), unbuffered (a full disk is raised here, not at a later flush or close)."""
+    view = memoryview(np.ascontiguousarray(a)).cast("B")  # type: ignore[arg-type]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        done = 0
+        while done < view.nbytes:
+            done += os.write(fd, view[done:])
+    finally:
+        os.close(fd)
+
+
+_PARTS = ("orig", "cnt", "pos", "nbr")
+
+
+def _fields(result: tuple[Any, ...]) -> tuple[Any, ...]:
+    node, row, col, edge, hop_nodes, hop_edges = result
+    return node, row, col, hop_nodes, hop_edges, edge
+
+
+# --- kernels -----------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _plan_windows(lo: np.ndarray, hi: np.ndarray, results: np.ndarray, gap: int, size: int, max_results: int) -> np.ndarray:
+    """Group sorted ranges into windows ``(first, last + 1, window lo, window hi)``: a range joins
+    the window unless the gap before it is ``gap`` or more, the window would pass ``size``
+    elements or ``max_results`` draws (a range larger than either gets a window of its own)."""
+    n = lo.shape[0]
+    out = np.empty((n, 4), np.int64)
+    w = 0
+    i = 0
+    while i < n:
+        first, wlo, whi, r = i, lo[i], hi[i], results[i]
+        i += 1
+        while i < n and lo[i] - whi < gap and max(whi, hi[i]) - wlo <= size and r + results[i] <= max_results:
+            whi = max(whi, hi[i])
+            r += results[i]
+            i += 1
+        out[w, 0], out[w, 1], out[w, 2], out[w, 3] = first, i, wlo, whi
+        w += 1
+    return out[:w].copy()  # not a view: the n-row scratch array goes now
+
+
+def _window_impl(v, keys, start, deg, wlo, ibuf, wbuf, weighted, fanout, off, cnt, pos, nbr):
+    for i in prange(v.shape[0]):
+        s, d = start[i] - wlo, deg[i]  # the node's range within the window
+        avail = kernels._positive(wbuf, s, s + d) if weighted else d
+        k = avail if fanout < 0 or avail <= fanout else fanout
+        cnt[i] = k
+        at = off[i]
+        if k == d:
+            for j in range(k):
+                pos[at + j] = s + j
+        elif weighted:
+            kernels._weighted_draw(wbuf, keys[i], v[i], s, d, k, pos, at)
+            for j in range(at, at + k):
+                pos[j] += s
+        else:
+            kernels._uniform_positions(kernels.node_key(keys[i], v[i]), d, k, pos, at)
+            for j in range(at, at + k):
+                pos[j] += s
+        for j in range(at, at + k):
+            nbr[j] = ibuf[pos[j]]
+            pos[j] += wlo
+
+
+def _compact_impl(by, off, cnt, dst, pos, nbr, pos_c, nbr_c):
+    """Entry ``by[i]``'s draws (at ``off[by[i]]``) to ``dst[i]``: a window's draws by sub-group, packed."""
+    for i in prange(by.shape[0]):
+        a, b = off[by[i]], dst[i]
+        for j in range(cnt[i]):
+            pos_c[b + j] = pos[a + j]
+            nbr_c[b + j] = nbr[a + j]
+
+
+def _unsort_impl(local, cnt, src, off_o, pos, nbr, pos_o, nbr_o):
+    """Entry ``k``'s draws (at ``src[k]``) to its batch-order place ``off_o[local[k]]``."""
+    for k in prange(local.shape[0]):
+        a, b = src[k], off_o[local[k]]
+        for j in range(cnt[k]):
+            pos_o[b + j] = pos[a + j]
+            nbr_o[b + j] = nbr[a + j]
+
+
+_window_par = njit(parallel=True, cache=True, nogil=True)(kernels._twin(_window_impl, "_window_par_impl"))
+_window_ser = njit(cache=True, nogil=True)(kernels._twin(_window_impl, "_window_ser_impl"))
+_compact = njit(cache=True, nogil=True)(_compact_impl)
+_unsort = njit(cache=True, nogil=True)(_unsort_impl)

@@ -1,0 +1,257 @@
+"""External-memory planning: groups of batches sampled in sweeps over the topology equal the
+in-memory sampler's batches byte for byte, stay inside the budget, and survive a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gnn_ooc.graphstore.base import MemoryBudgetError, PreprocessSpec
+from gnn_ooc.graphstore.dataset import Dataset
+from gnn_ooc.graphstore.preprocess import preprocess
+from gnn_ooc.memory import release_free_memory
+from gnn_ooc.sampler.base import CorruptGraphError, SampleKey
+from gnn_ooc.sampler.kernels import set_threads
+from gnn_ooc.sampler.neighbor import NeighborSampler
+from gnn_ooc.sampler.plan import Planner, PlanSpec
+from gnn_ooc.sampler.sweep import SweepSampler
+from tests.conftest import write_raw
+from tests.sampler.test_plan import same
+from tests.sampler.test_plan_memory import Peak, random_dataset
+
+PLAN_FILES = ("index.npy", "nodes.npy", "rows.npy", "fanin.npy", "access.npy", "edge_ids.npy")
+
+
+def graph(rng: np.random.Generator, n: int = 3000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Power-law in-degrees with isolated nodes and a hub bigger than the test windows."""
+    deg = np.minimum(rng.zipf(1.8, n) - 1, 400)
+    deg[::53] = 0
+    deg[7] = 2500
+    indptr = np.concatenate([[0], np.cumsum(deg)]).astype(np.int64)
+    indices = rng.integers(0, n, int(indptr[-1])).astype(np.int32)
+    weights = rng.random(indices.shape[0]).astype(np.float32)
+    weights[::4] = 0
+    return indptr, indices, weights
+
+
+def make_dataset(root: Path, n: int = 4000, e: int = 60_000, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    src, dst = rng.integers(0, n, e), np.minimum(rng.zipf(1.6, e) - 1, n - 1)
+    write_raw(root / "raw", src, dst, splits={"train": np.arange(0, n, 3), "valid": np.arange(1, n, 9)})
+    preprocess(PreprocessSpec(output=root / "ds", edges=(root / "raw" / "edges.parquet",), num_nodes=n,
+                              split_dir=root / "raw" / "split", undirected=True))
+    return Dataset.open(root / "ds")
+
+
+@pytest.mark.parametrize("fanouts,weighted,edge_ids", [
+    ([10, 5], False, False), ([-1, 3], False, True), ([5, 5, 2], True, True), ([3, -1], True, False)])
+@pytest.mark.parametrize("threads,spill", [(1, False), (2, False), (2, True)])
+def test_groups_equal_batch_by_batch(fanouts: list[int], weighted: bool, edge_ids: bool, threads: int, spill: bool,
+                                     tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    indptr, indices, weights = graph(rng)
+    s = NeighborSampler((indptr, indices), fanouts, weights=weights if weighted else None, return_edge_ids=edge_ids)
+    # windows far smaller than the hub and gaps of a few edges: many reads, ranges split and joined
+    sweep = SweepSampler(s, window_bytes=4096, gap_bytes=64, parallel=threads > 1)
+    seeds = [rng.choice(3000, 60, replace=False) for _ in range(6)]
+    seeds[2][0] = 7  # the hub, and the same seeds in two batches of the group
+    seeds[4] = seeds[3].copy()
+    keys = [SampleKey(1, 2, b) for b in range(6)]
+    prev = set_threads(threads)
+    try:
+        # spilling: each hop's draws put back in order a batch or two at a time, through files
+        outs = list(sweep.sample_group(seeds, keys, results_bytes=(1 << 14) if spill else None, scratch=tmp_path))
+    finally:
+        set_threads(prev)
+    for out, sd, key in zip(outs, seeds, keys):
+        same(out, s.sample(sd, key))
+    assert sweep.stats.sweeps == len(fanouts) and sweep.stats.windows > 2 * len(fanouts)
+    assert (sweep.stats.spilled_bytes > 0) == spill and os.listdir(tmp_path) == []
+
+
+def test_groups_read_memory_mapped_files_with_pread(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path)
+    s = NeighborSampler(ds, [10, 10])
+    sweep = SweepSampler(s, window_bytes=1 << 14)
+    assert sweep._reader("indices", ds.indices).fd is not None  # read from the file, not the map
+    seeds = [np.arange(b, ds.num_nodes, 37)[:50] for b in range(5)]
+    keys = [SampleKey(0, 1, b) for b in range(5)]
+    for out, sd, key in zip(list(sweep.sample_group(seeds, keys)), seeds, keys):
+        same(out, s.sample(sd, key))
+    assert 0 < sweep.stats.bytes_read
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_external_plan_is_byte_identical(tmp_path: Path, weighted: bool) -> None:
+    ds = make_dataset(tmp_path)
+    w = None
+    if weighted:
+        w = tmp_path / "w.npy"
+        np.save(w, np.random.default_rng(0).random(ds.num_edges).astype(np.float32))
+    sampler = NeighborSampler(ds, [8, 3], weights=w, return_edge_ids=True)  # -1: test_groups_equal_batch_by_batch
+    base = dict(batch_size=50, seed=5)
+    mem = Planner(ds, sampler, PlanSpec(name="mem", topology="memory", memory_budget=64 << 20, **base))
+    assert mem.sweep is None
+    # the whole epoch in one group; one group spilling its draws; several groups that spill
+    kinds: dict[tuple[bool, bool], Planner] = {}
+    for kib in range(8192, 512, -128):
+        try:
+            ext = Planner(ds, sampler, PlanSpec(name=f"ext-{kib}", topology="external", memory_budget=kib << 10, **base))
+        except MemoryBudgetError:
+            break
+        kinds.setdefault((ext.group == ext.num_batches, ext.results_bytes is None), ext)
+    assert set(kinds) == {(True, True), (True, False), (False, False)}, set(kinds)
+    for ext in kinds.values():
+        logs: list[str] = []
+        ext = Planner(ds, sampler, ext.spec, progress=logs.append)
+        assert ext.sweep is not None and any("in sweeps over groups of batches (asked for" in m for m in logs)
+        budget = ext.spec.memory_budget
+        for e in (0, 1):
+            mem.plan_epoch(e)
+            stats = ext.plan_epoch(e)
+            assert stats is not None and stats.sweeps == 2 * -(-ext.num_batches // ext.group)
+            for f in PLAN_FILES:
+                a, b = (p.path / f"epoch-{e:06d}" / f for p in (mem, ext))
+                assert a.read_bytes() == b.read_bytes(), (budget, f)
+            assert sorted(os.listdir(ext.path / f"epoch-{e:06d}")) == sorted(os.listdir(mem.path / f"epoch-{e:06d}"))
+
+
+def test_auto_sweeps_when_the_topology_does_not_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = make_dataset(tmp_path)
+    topology = ds.indptr.nbytes + ds.indices.nbytes
+    logs: list[str] = []
+    import gnn_ooc.memory
+
+    monkeypatch.setattr(gnn_ooc.memory, "available_memory", lambda: (16 << 20) + topology)
+    planner = Planner(ds, NeighborSampler(ds, [5, 5]), PlanSpec(name="a", memory_budget=16 << 20), progress=logs.append)
+    assert planner.sweep is not None and "is larger than half the" in logs[0]
+    monkeypatch.setattr(gnn_ooc.memory, "available_memory", lambda: (16 << 20) + 4 * topology)
+    planner = Planner(ds, NeighborSampler(ds, [5, 5]), PlanSpec(name="b", memory_budget=16 << 20))
+    assert planner.sweep is None and "fits in half the" in planner.topology_reason
+
+
+def test_too_small_a_budget_names_the_least(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path)
+    spec = PlanSpec(name="s", batch_size=1000, memory_budget=1 << 20, topology="external")
+    with pytest.raises(MemoryBudgetError, match="at least") as err:
+        Planner(ds, NeighborSampler(ds, [25, 25]), spec)
+    least = str(err.value).split("at least ")[1].split(",")[0]
+    from gnn_ooc.units import parse_size
+
+    budget = parse_size(least.replace(" ", "").replace("MiB", "M"))
+    Planner(ds, NeighborSampler(ds, [25, 25]), PlanSpec(name="s", batch_size=1000, memory_budget=budget + (1 << 20),
+                                                        topology="external")).plan_epoch(0)
+
+
+def test_topology_several_times_the_budget_stays_within_it(tmp_path: Path) -> None:
+    ds = random_dataset(tmp_path)
+    budget = 6 << 20
+    assert ds.indptr.nbytes + ds.indices.nbytes > 2 * budget
+    sampler = NeighborSampler(ds, [5, 5])
+    warm = Planner(ds, sampler, PlanSpec(name="warm", batch_size=128, memory_budget=budget, topology="external"))
+    warm.plan_epoch(0)  # compiles the kernels, outside the measured growth
+    planner = Planner(ds, sampler, PlanSpec(name="m", batch_size=128, memory_budget=budget, topology="external"))
+    release_free_memory()  # what the warm-up freed goes back: the growth measured is this epoch's own
+    with Peak() as peak:
+        stats = planner.plan_epoch(0)
+    assert stats is not None and stats.sweeps > 2 and sum(planner.memory_estimate().values()) <= budget
+    assert peak.growth <= budget, f"anonymous memory grew {peak.growth >> 20} MiB, budget {budget >> 20} MiB"
+
+
+def test_damaged_indices_are_named_on_the_external_path() -> None:
+    rng = np.random.default_rng(2)
+    indptr, indices, _ = graph(rng)
+    indices = indices.copy()
+    v = int(np.flatnonzero(np.diff(indptr) >= 2)[3])
+    indices[int(indptr[v]) + 1] = 10**6
+    s = NeighborSampler((indptr, indices), [-1])
+    with pytest.raises(CorruptGraphError, match=f"position .* holds node id 1000000, .*of node {v}\\)"):
+        list(SweepSampler(s).sample_group([np.array([v, 5 if v != 5 else 6])], [SampleKey(0)]))
+    bad = indptr.copy()
+    bad[50] = bad[51] + 1
+    with pytest.raises(CorruptGraphError, match="offsets"):
+        list(SweepSampler(NeighborSampler((bad, indices), [2])).sample_group([np.array([49, 50])], [SampleKey(0)]))
+
+
+def test_a_planner_killed_mid_group_replans_the_same_bytes(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path, n=20_000, e=400_000)
+    cmd = [sys.executable, "-m", "gnn_ooc.tools.cli", "sample", str(ds.path), "--fanouts", "10,10", "--batch-size",
+           "64", "--topology", "external", "--memory-budget", "8M", "--no-progress"]
+    subprocess.run([*cmd, "--name", "ref", "--topology", "memory"], check=True, capture_output=True)
+    proc = subprocess.Popen([*cmd, "--name", "k"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    plan = ds.path / "plans" / "k"
+    deadline = time.monotonic() + 60
+    # killed while a group's draws are spilled: the budget forces sub-groups through scratch files
+    while time.monotonic() < deadline and proc.poll() is None and not list(plan.glob(".epoch-000000.partial-*/scratch/hop-*/*")):
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
+    assert not (plan / "epoch-000000").exists(), "the planner finished before it was killed: grow the graph"
+    rerun = subprocess.run([*cmd, "--name", "k"], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert not list(plan.glob(".epoch-*"))
+    for name in PLAN_FILES[:5]:
+        assert (plan / "epoch-000000" / name).read_bytes() == (ds.path / "plans" / "ref" / "epoch-000000" / name).read_bytes()
+
+
+def test_edge_cases_equal_batch_by_batch(tmp_path: Path) -> None:
+    """Batches that reach no new nodes (isolated seeds, the last batch of a group), int64 indices,
+    one seed per batch, spilled or not."""
+    rng = np.random.default_rng(4)
+    indptr, indices, _ = graph(rng)
+    iso = np.flatnonzero(np.diff(indptr) == 0)
+    for idx in (indices, indices.astype(np.int64)):
+        s = NeighborSampler((indptr, idx), [2, 2, 2])
+        seeds = [np.array([1, 2]), iso[:3], np.array([int(iso[3])])]  # the group ends with an empty frontier
+        keys = [SampleKey(3, 0, b) for b in range(3)]
+        for results in (None, 1 << 10):
+            outs = list(SweepSampler(s, window_bytes=2048).sample_group(seeds, keys, results_bytes=results,
+                                                                         scratch=tmp_path))
+            for out, sd, key in zip(outs, seeds, keys):
+                same(out, s.sample(sd, key))
+
+
+def test_bad_seeds_and_decreasing_offsets_are_refused() -> None:
+    rng = np.random.default_rng(5)
+    indptr, indices, _ = graph(rng)
+    sweep = SweepSampler(NeighborSampler((indptr, indices), [3]))
+    from gnn_ooc.sampler.base import SamplerError
+
+    with pytest.raises(SamplerError, match="twice"):
+        list(sweep.sample_group([np.array([4, 4])], [SampleKey(0)]))
+    with pytest.raises(SamplerError, match="outside the graph"):
+        list(sweep.sample_group([np.array([10**7])], [SampleKey(0)]))
+    bad = indptr.copy()
+    a = 60
+    bad[a + 2] = bad[a] - 1  # node a + 2 starts before node a: each range valid, their order not
+    assert bad[a] >= 1 and bad[a + 3] >= bad[a + 2]
+    with pytest.raises(CorruptGraphError, match=f"node {a + 2}'s offsets"):
+        list(SweepSampler(NeighborSampler((bad, indices), [3])).sample_group([np.array([a, a + 2])], [SampleKey(0)]))
+
+
+def test_subclasses_with_their_own_sampling_do_not_sweep() -> None:
+    class Mine(NeighborSampler):
+        def _sample(self, seeds, key):  # type: ignore[no-untyped-def]
+            return super()._sample(seeds, key)
+
+    rng = np.random.default_rng(6)
+    indptr, indices, _ = graph(rng)
+    assert Mine((indptr, indices), [2]).sweeper(window_bytes=1 << 20) is None
+    assert NeighborSampler((indptr, indices), [2]).sweeper(window_bytes=1 << 20) is not None
+
+
+def test_drop_last_with_no_full_batch_plans_an_empty_epoch(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path)
+    spec = PlanSpec(name="e", batch_size=2000, drop_last=True, topology="external", memory_budget=256 << 20)
+    planner = Planner(ds, NeighborSampler(ds, [3]), spec)
+    assert planner.num_batches == 0 and ds.split("train").size < 2000
+    stats = planner.plan_epoch(0)
+    assert stats is not None and stats.batches == 0
