@@ -13,7 +13,8 @@ each in a child process, the page cache dropped first:
 * ``offline``: plan + packed segments + caches placed by the plan, under the cap.
 
 Every way trains the same batches (same seeds, same sampling keys, same model and seed) and the
-same settings (``--memory-budget`` for the capped ways). The figure compared is one epoch's time
+same settings (``--memory-budget`` for the capped ways; ``memory``'s is that plus the features',
+which it holds). The figure compared is one epoch's time
 (the training pipeline from the first batch to the last step; evaluation and setup are reported
 apart). ``memory`` and ``offline`` run three epochs and the middle one is compared: for
 ``offline`` that is the steady state, an epoch that waits for its own pack if it is late and
@@ -91,12 +92,20 @@ def train_command(args: argparse.Namespace, way: str, run: Path) -> list[str]:
     cmd = [sys.executable, "-m", "gnn_ooc.tools.cli", "train", str(args.work / "dataset"), "--mode", way,
            "--epochs", str(EPOCHS[way]), "--eval-every", str(EPOCHS[way]) if way in EVALUATES else "0", "--out", str(run),
            "--fanouts", args.fanouts, "--batch-size", str(args.batch_size), "--hidden", str(args.hidden),
-           "--seed", str(args.seed), "--memory-budget", str(args.budget), "--no-progress"]
+           "--seed", str(args.seed), "--memory-budget", str(memory_way_budget(args) if way == "memory" else args.budget),
+           "--no-progress"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if way == "memory":
         return cmd
     return ["bash", str(args.memcap), str(args.cap), *cmd]
+
+
+def memory_way_budget(args: argparse.Namespace) -> int:
+    """The reference holds the features in RAM: its budget is theirs plus what the capped ways get
+    (a budget smaller than the features is refused in memory mode)."""
+    feats = args.work / "dataset" / "features.npy"
+    return int(feats.stat().st_size) + args.budget if feats.is_file() else args.budget
 
 
 def run_way(args: argparse.Namespace, way: str) -> dict[str, Any]:

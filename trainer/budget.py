@@ -84,6 +84,8 @@ class Shares:
             # online mode gathers each batch's misses into temporaries of their own, in two stages
             "working memory": WORKING + batch * (3 if mode == "online" else 1),
             "the features": feature_bytes if mode == "memory" else 0,
+            # freed blocks the heap keeps for reuse (glibc, blocks under 32 MiB: memory.tune_allocator)
+            "allocator slack": budget // 12,
         }
         left = budget - sum(fixed.values())
         if left < 0:
