@@ -108,11 +108,6 @@ class RangeReader:
             self.base = int(np.load(self.name, mmap_mode="r").offset)
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
-    def read(self, lo: int, hi: int) -> np.ndarray:
-        out = np.empty(hi - lo, self.dtype)
-        self.read_into(out, lo)
-        return out
-
     def read_into(self, out: np.ndarray, lo: int) -> None:
         """Elements ``[lo, lo + len(out))`` into ``out`` (any thread: ``pread`` keeps no position)."""
         if self.fd is None:

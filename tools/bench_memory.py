@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gnn_ooc.tools.bench_preprocess import emit, ensure_dataset
+from gnn_ooc.graphstore.owned import RUN
+from gnn_ooc.tools.bench_preprocess import emit, ensure_dataset, remove_own
 from gnn_ooc.units import format_size, parse_size
 
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "gnn-ooc-bench-memory"
@@ -41,7 +41,7 @@ def say(msg: str) -> None:
 def run_one(args: argparse.Namespace, case: tuple[str, str, int, int], mode: str) -> dict[str, Any]:
     budget, fanouts, batch, hidden = case
     run = args.work / "runs" / f"{mode}-{budget}"
-    shutil.rmtree(run, ignore_errors=True)
+    remove_own(run, RUN)
     cmd = [sys.executable, "-m", "gnn_ooc.tools.cli", "train", str(args.work / "dataset"), "--mode", mode,
            "--epochs", "1", "--eval-every", "1", "--out", str(run), "--fanouts", fanouts, "--batch-size",
            str(batch), "--hidden", str(hidden), "--memory-budget", budget, "--seed", "0", "--no-progress"]
@@ -54,7 +54,7 @@ def run_one(args: argparse.Namespace, case: tuple[str, str, int, int], mode: str
         memory = json.loads((run / "summary.json").read_text())["memory"]
         out.update(peak=memory["peak_above_baseline"], within=memory["within_budget"],
                    trainer_baseline=memory["trainer_baseline"], planner_baseline=memory["planner_baseline"])
-    shutil.rmtree(run, ignore_errors=True)
+    remove_own(run, RUN)
     return out
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from gnn_ooc.capabilities import o_direct_flag
 from gnn_ooc.graphstore.directio import SequentialWriter
+from gnn_ooc.graphstore.owned import DATASET, SYNTH_RAW, FolderKind
 from gnn_ooc.units import format_size, parse_size
 
 _BLOCK = 8 << 20
@@ -54,6 +55,16 @@ def drop_caches() -> bool:
         return True
     except OSError:
         return False
+
+
+def remove_own(path: Path, kind: FolderKind) -> bool:
+    """Delete ``path`` only when it is a gnn-ooc folder of ``kind`` (its marker file says so), so a
+    benchmark's ``--work`` pointed at a folder of the user's never loses anything there; returns
+    whether it was removed. A run or plan a refused command never wrote is left alone."""
+    if not path.is_dir() or path.is_symlink() or not kind.owns(path):
+        return False
+    shutil.rmtree(path)
+    return True
 
 
 def files_under(path: Path) -> list[Path]:
@@ -147,7 +158,7 @@ def ensure_dataset(work: Path, args: argparse.Namespace, *, marker: str, flags: 
     say(f"preprocessing into {out} ({' '.join(flags)})")
     subprocess.run([sys.executable, "-m", "gnn_ooc.tools.cli", "preprocess", str(work / "raw"), "-o", str(out),
                     *flags, "--force", "--json"], check=True, stdout=subprocess.DEVNULL)
-    shutil.rmtree(work / "raw")  # regenerated in seconds; the dataset is what gets reused
+    remove_own(work / "raw", SYNTH_RAW)  # regenerated in seconds; the dataset is what gets reused
     made = {**want, "build_s": time.perf_counter() - t0}
     mark.write_text(json.dumps(made, indent=2))
     return {**made, "reused": False}
@@ -200,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(report, indent=2))
     if not args.keep:
-        shutil.rmtree(out, ignore_errors=True)
+        remove_own(out, DATASET)
     return 0
 
 

@@ -28,11 +28,11 @@ Example:
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import os
 import re
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,7 +40,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gnn_ooc.tools.bench_preprocess import drop_caches, emit, files_under, read_once, write_once
+from gnn_ooc.graphstore.owned import PLAN, RUN, SYNTH_RAW
+from gnn_ooc.tools.bench_preprocess import (
+    drop_caches,
+    emit,
+    files_under,
+    read_once,
+    remove_own,
+    write_once,
+)
 from gnn_ooc.units import format_size, parse_size
 
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "gnn-ooc-bench-scale"
@@ -120,11 +128,15 @@ def build(args: argparse.Namespace, stages: list[dict[str, Any]]) -> None:
                                                "--feature-dim", args.feature_dim, "--feature-dtype", "float16",
                                                "--classes", 16, "--split", "0.01,0.001,0.001", "--overwrite"),
                             capped=True))
+    if stages[-1]["exit"]:
+        return  # e.g. synth refused a raw folder that is not its own: nothing below may touch it
     stages.append(run_stage(args, "preprocess", cli("preprocess", raw, "-o", ds, "--undirected", "--feature-dtype",
                                                     "float16", "--memory-budget", args.budget, "--force",
                                                     "--no-progress", "--json"), capped=True))
+    if stages[-1]["exit"]:
+        return
     stages[-1]["floor"] = io_floor(raw, used_bytes(ds), args.work)
-    shutil.rmtree(raw)  # what preprocess read: 21 GB at the default size; the dataset is what is reused
+    remove_own(raw, SYNTH_RAW)  # what preprocess read: 21 GB at the default size; the dataset is what is reused
     marker.write_text(json.dumps({"graph": want}))
 
 
@@ -139,11 +151,12 @@ def io_floor(raw: Path, out_bytes: int, scratch: Path) -> dict[str, float]:
         read_once(files, direct)
         timed[f"read_{'direct' if direct else 'buffered'}_s"] = time.perf_counter() - t
     sample = min(out_bytes, 4 << 30)
-    for direct in (False, True):
-        drop_caches()
-        t = time.perf_counter()
-        write_once(scratch / "floor.bin", sample, direct)
-        timed[f"write_{'direct' if direct else 'buffered'}_s"] = (time.perf_counter() - t) * out_bytes / max(1, sample)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix=".floor-") as tmp:  # a name of its own in --work
+        for direct in (False, True):
+            drop_caches()
+            t = time.perf_counter()
+            write_once(Path(tmp) / "floor.bin", sample, direct)
+            timed[f"write_{'direct' if direct else 'buffered'}_s"] = (time.perf_counter() - t) * out_bytes / max(1, sample)
     floor = min(timed["read_buffered_s"], timed["read_direct_s"]) + min(timed["write_buffered_s"], timed["write_direct_s"])
     return {**timed, "floor_s": floor, "read_bytes": sum(p.stat().st_size for p in files), "write_bytes": out_bytes}
 
@@ -162,9 +175,9 @@ def plan(args: argparse.Namespace, stages: list[dict[str, Any]]) -> None:
             st.update(edges=epoch["edges"], plan_s=epoch["seconds"], edges_per_s=epoch["edges"] / epoch["seconds"],
                       sweeps=epoch.get("sweeps"), sweep_bytes=epoch.get("bytes_read"))
     a, b = ds / "plans" / "uncapped" / "epoch-000000", ds / "plans" / "capped" / "epoch-000000"
-    stages[-1]["identical"] = all(same_file(a / f, b / f) for f in ("index.npy", "nodes.npy", "rows.npy", "fanin.npy"))
+    stages[-1]["identical"] = all((a / f).is_file() and (b / f).is_file() and filecmp.cmp(a / f, b / f, shallow=False) for f in ("index.npy", "nodes.npy", "rows.npy", "fanin.npy"))
     for name in ("uncapped", "capped"):
-        shutil.rmtree(ds / "plans" / name, ignore_errors=True)
+        remove_own(ds / "plans" / name, PLAN)
 
 
 def warm_topology(ds: Path) -> None:
@@ -172,23 +185,11 @@ def warm_topology(ds: Path) -> None:
     read_once([ds / "indptr.npy", ds / "indices.npy"], direct=False)
 
 
-def same_file(a: Path, b: Path) -> bool:
-    if not (a.is_file() and b.is_file()) or a.stat().st_size != b.stat().st_size:
-        return False
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x, y = fa.read(1 << 24), fb.read(1 << 24)
-            if x != y:
-                return False
-            if not x:
-                return True
-
-
 def train(args: argparse.Namespace, stages: list[dict[str, Any]]) -> None:
     ds = args.work / "dataset"
     for capped in (False, True):
         run = args.work / "runs" / ("capped" if capped else "uncapped")
-        shutil.rmtree(run, ignore_errors=True)
+        remove_own(run, RUN)  # an earlier run of ours; train --out refuses anything else
         if not capped:
             warm_topology(ds)
         cmd = cli("train", ds, "--mode", "offline", "--epochs", 3, "--eval-every", 3, "--out", run, "--fanouts",
@@ -203,9 +204,9 @@ def train(args: argparse.Namespace, stages: list[dict[str, Any]]) -> None:
                       valid_acc=e[-1].get("valid_acc"), test_acc=e[-1].get("test_acc"),
                       memory=summary.get("memory"))
         stages.append(st)
-        shutil.rmtree(run, ignore_errors=True)
+        remove_own(run, RUN)
         for p in (ds / "plans").glob("run-*"):
-            shutil.rmtree(p, ignore_errors=True)
+            remove_own(p, PLAN)
 
 
 # --- the report ----------------------------------------------------------------------------------

@@ -41,14 +41,14 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from gnn_ooc.tools.bench_preprocess import drop_caches, emit
+from gnn_ooc.graphstore.owned import PLAN, RUN
+from gnn_ooc.tools.bench_preprocess import drop_caches, emit, remove_own
 from gnn_ooc.units import parse_size
 
 GOAL_VS_MEMORY = 1.2
@@ -112,7 +112,7 @@ def run_way(args: argparse.Namespace, way: str) -> dict[str, Any]:
     from gnn_ooc.tools.bench_sampler import run_group
 
     run = args.work / "runs" / way
-    shutil.rmtree(run, ignore_errors=True)
+    remove_own(run, RUN)
     if way == "memory":
         drop_caches()  # memcap.sh drops it for the others
     say(f"{way}: training {EPOCHS[way]} epoch(s)" + ("" if way == "memory" else f" under a {args.cap >> 20} MiB cap"))
@@ -127,13 +127,13 @@ def run_way(args: argparse.Namespace, way: str) -> dict[str, Any]:
     if rc:
         return {**result, "error": err.strip()[-3000:]}
     summary = json.loads((run / "summary.json").read_text())
-    shutil.rmtree(run, ignore_errors=True)
+    remove_own(run, RUN)
     return {**result, **digest(summary, MEASURED.get(way, 0))}
 
 
 def _remove_plans(dataset: Path) -> None:
     for plan in (dataset / "plans").glob("run-*"):
-        shutil.rmtree(plan, ignore_errors=True)
+        remove_own(plan, PLAN)
 
 
 def digest(summary: dict[str, Any], epoch: int) -> dict[str, Any]:

@@ -85,3 +85,20 @@ def test_sample_plans_grows_keeps_and_refuses(tmp_path: Path, capsys: pytest.Cap
     assert "exists with other sampler" in capsys.readouterr().err
     assert main(["sample", str(ds), "--fanouts", "0", "--name", "q"]) == 2  # bad flag value
     assert main(["sample", str(ds), "--fanouts", "20,20", "--sampler", "layerwise", "--name", "lw"]) == 0
+
+
+def test_benchmarks_remove_only_their_own_folders(tmp_path: Path) -> None:
+    """A benchmark's ``--work`` pointed at a folder of the user's: its cleanup removes a run it made,
+    never a folder of the same name that gnn-ooc did not write."""
+    from gnn_ooc.graphstore.owned import RUN, SYNTH_RAW
+    from gnn_ooc.tools.bench_preprocess import remove_own
+
+    mine = tmp_path / "runs" / "capped"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("the user's")
+    assert not remove_own(mine, RUN) and (mine / "notes.txt").read_text() == "the user's"
+    assert not remove_own(tmp_path / "raw", SYNTH_RAW)  # absent: nothing to do
+    ours = tmp_path / "runs" / "uncapped"
+    ours.mkdir()
+    (ours / "run.json").write_text(json.dumps({"format": "gnn-ooc-run"}))
+    assert remove_own(ours, RUN) and not ours.exists()
