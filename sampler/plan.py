@@ -55,6 +55,7 @@ from gnn_ooc.graphstore.npyfile import (
     write_bytes_entry,
 )
 from gnn_ooc.graphstore.owned import PLAN, check_name
+from gnn_ooc.memory import allocator_slack
 from gnn_ooc.progress import bar
 from gnn_ooc.sampler.base import SampledSubgraph, SampleKey, Sampler
 from gnn_ooc.units import format_size
@@ -374,10 +375,13 @@ class Planner:
         results = max(4 * draws, avail // 8)  # spilling costs less than another group's sweeps
         group = (avail - results) // max(1, state)
         if group < 1:
-            least = -(-(fixed + state + 4 * draws) >> 20) << 20  # to a whole MiB, up
+            slack = allocator_slack(self.spec.memory_budget)
+            need = fixed - slack + state + 4 * draws
+            least = -(-(need * 12 // 11 + 1) >> 20) << 20  # holds need beside its own slack; a whole MiB, up
             raise MemoryBudgetError(
                 f"planning in sweeps needs about {format_size(least)} (read windows {format_size(self.sweep.fixed_bytes())}, "
-                f"one batch and four batches' draws {format_size(state + 4 * draws)}, the rest {format_size(fixed - self.sweep.fixed_bytes())}); the "
+                f"one batch and four batches' draws {format_size(state + 4 * draws)}, allocator slack "
+                f"{format_size(allocator_slack(least))}, the rest {format_size(fixed - slack - self.sweep.fixed_bytes())}); the "
                 f"memory budget is {format_size(self.spec.memory_budget)}: raise --memory-budget to at least "
                 f"{format_size(least)}, or lower --batch-size or --fanouts")
         return int(max(1, min(group, self.num_batches))), int(results)
@@ -426,6 +430,7 @@ class Planner:
             "epoch order": 16 * int(self.seeds.size),
             "access counts": 4 * self.ds.num_nodes if self._dense_counts else 0,
             "writers": 4 * writer_staging(self.spec.memory_budget),
+            "allocator slack": allocator_slack(self.spec.memory_budget),
         }
 
     def _edges_bound(self) -> int:

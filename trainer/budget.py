@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from gnn_ooc.graphstore.base import MemoryBudgetError
-from gnn_ooc.memory import process_memory
+from gnn_ooc.memory import allocator_slack, process_memory
 from gnn_ooc.units import format_size
 
 PROBE_BATCHES = 4
@@ -84,8 +84,7 @@ class Shares:
             # online mode gathers each batch's misses into temporaries of their own, in two stages
             "working memory": WORKING + batch * (3 if mode == "online" else 1),
             "the features": feature_bytes if mode == "memory" else 0,
-            # freed blocks the heap keeps for reuse (glibc, blocks under 32 MiB: memory.tune_allocator)
-            "allocator slack": budget // 12,
+            "allocator slack": allocator_slack(budget),
         }
         left = budget - sum(fixed.values())
         if left < 0:
