@@ -63,6 +63,8 @@ from gnn_ooc.units import format_size
 PLAN_FORMAT = "gnn-ooc-plan"
 PLAN_VERSION = 1
 PLAN_JSON = "plan.json"
+WRITE_BEHIND = 1  # batches of a sweep being written while the next is assembled
+FIRST_HOP = "first-hop"  # the seeds' in-edges (sampler/seed_index.py)
 EPOCH_JSON = "epoch.json"
 WRITER_STAGING = 1 << 20  # per output file (4 files): 1 MiB O_DIRECT writes already run at disk speed
 
@@ -273,6 +275,13 @@ class Plan:
     def verify(self) -> None:
         for e in self.epochs():
             self.epoch(e).verify()
+        index = self.path / FIRST_HOP
+        if index.is_dir():
+            from gnn_ooc.sampler.seed_index import SeedIndex
+
+            if not SeedIndex.check(index):
+                raise PlanError(f"{index}: the seeds' first-hop index is damaged (planning rebuilds it when it "
+                                "next sweeps; gnn-ooc clean or deleting the folder removes it)")
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -317,8 +326,11 @@ class Planner:
         self._dense_counts = 4 * self.ds.num_nodes <= spec.memory_budget // 4
         self._chunk_nodes = max(1 << 16, spec.memory_budget // 32)  # uint32 counts, a few copies
         self.sweep, self.topology_reason = self._choose_topology()
+        if self.sweep is not None and spec.topology == "auto":
+            self.sweep.drop_cache = True  # chosen because the topology does not fit the page cache
         self.group, self.results_bytes = self._group_size() if self.sweep is not None else (0, None)
         self.threads = self._fit_threads()
+        self._first_hop_how: str | None = None  # how the first hops are read, once decided
         self._check_budget()  # before anything is written (or, with force, deleted)
         self.plan = self._create(force)
         self.say(f"planning reads the topology {self.topology_reason}"
@@ -366,9 +378,9 @@ class Planner:
         whose state fits beside an eighth of what is left (at least four batches) for its draws,
         which are spilled beyond that: a spill is one sequential write and read of the draws,
         another group another sweep of the whole topology."""
-        fixed = sum(self._fixed_estimate().values()) + self.sweep.fixed_bytes()
         state = self.sweep.bytes_per_batch(self.spec.batch_size)
         draws = self.sweep.result_bytes(self.spec.batch_size)
+        fixed = sum(self._fixed_estimate().values()) + self.sweep.fixed_bytes() + WRITE_BEHIND * draws
         avail = self.spec.memory_budget - fixed
         if self.num_batches * (state + draws) <= avail:
             return max(1, self.num_batches), None
@@ -384,7 +396,9 @@ class Planner:
                 f"{format_size(allocator_slack(least))}, the rest {format_size(fixed - slack - self.sweep.fixed_bytes())}); the "
                 f"memory budget is {format_size(self.spec.memory_budget)}: raise --memory-budget to at least "
                 f"{format_size(least)}, or lower --batch-size or --fanouts")
-        return int(max(1, min(group, self.num_batches))), int(results)
+        if group >= self.num_batches:  # one group: its draws get all that its state leaves (fewer spills)
+            group, results = self.num_batches, avail - self.num_batches * state
+        return int(max(1, group)), int(results)
 
     def warm_up(self) -> None:
         """Sample one seed: loads the sampler's compiled kernels (memory that is not the budget's)."""
@@ -421,17 +435,25 @@ class Planner:
             draws = self.results_bytes if self.results_bytes is not None else self.group * self.sweep.result_bytes(bs)
             return {**self._fixed_estimate(), "read windows": self.sweep.fixed_bytes(),
                     f"groups of {self.group} batches": self.group * self.sweep.bytes_per_batch(bs),
-                    "draws put back in order": draws}
+                    "draws put back in order": draws,
+                    "batches being written": WRITE_BEHIND * self.sweep.result_bytes(bs)}
         per_edge = 48  # position, neighbour, row, col and copies while a batch is built and written
         return {**self._fixed_estimate(), "batches in flight": (2 * threads + 3) * per_edge * self._edges_bound()}
 
     def _fixed_estimate(self) -> dict[str, int]:
         return {
             "epoch order": 16 * int(self.seeds.size),
+            # the seeds' ids and offsets while their first-hop index is built (sampler/seed_index.py)
+            "seed index": 32 * int(self.seeds.size) if self._builds_index() else 0,
             "access counts": 4 * self.ds.num_nodes if self._dense_counts else 0,
             "writers": 4 * writer_staging(self.spec.memory_budget),
             "allocator slack": allocator_slack(self.spec.memory_budget),
         }
+
+    def _builds_index(self) -> bool:
+        from gnn_ooc.sampler.seed_index import MAX_SHARE
+
+        return self.sweep is not None and self.seeds.size <= MAX_SHARE * self.ds.num_nodes
 
     def _edges_bound(self) -> int:
         """A bound on one batch's edges: from the fan-outs (-1 counts as 4x the mean degree), else
@@ -544,16 +566,21 @@ class Planner:
         before = dataclasses.replace(self.sweep.stats) if self.sweep is not None else None
         writer = _EpochWriter(out, self.ds, self._num_layers(), self.sampler.settings().get("return_edge_ids", False),
                               self._dense_counts, self._chunk_nodes, writer_staging(self.spec.memory_budget))
+        # after a sweep, batches come out faster than one thread writes them: writing overlaps
+        # assembling the next (in the batch-by-batch path the sampling threads overlap it already)
+        behind = _Behind(writer.add, WRITE_BEHIND if self.sweep is not None else 0)
         try:
             sample_s = 0.0
             with bar(self.num_batches, f"planning epoch {epoch}", enabled=self.bars, unit="batch") as shown:
                 for sub, dt in self._batches(epoch, out / "scratch"):
-                    writer.add(sub)
+                    behind(sub)
                     sample_s += dt
                     shown.update(1)
+                behind.drain()
             shutil.rmtree(out / "scratch", ignore_errors=True)  # the sweeps' spill files, if any
             meta = writer.close(epoch)
         except BaseException:
+            behind.drain(raising=False)
             writer.abort()
             raise
         meta.update(sample_seconds=sample_s, seconds=time.perf_counter() - t0, topology=self._topology_meta(before))
@@ -594,6 +621,7 @@ class Planner:
     def _swept_batches(self, epoch: int, scratch: Path) -> Iterator[tuple[SampledSubgraph, float]]:
         from gnn_ooc.sampler.kernels import set_threads
 
+        self._first_hop()
         order = epoch_order(self.seeds, self.spec.seed, epoch)
         bs, nb, group = self.spec.batch_size, self.num_batches, max(1, self.group)
         for g0 in range(0, nb, group):
@@ -609,6 +637,18 @@ class Planner:
                     yield sub, dt
             finally:
                 set_threads(prev)
+
+    def _first_hop(self) -> None:
+        """Read every epoch's first hop from an index of the seeds' in-edges (built by the first
+        epoch, kept in the plan folder) rather than sweeping the topology for it."""
+        if self._first_hop_how is not None:
+            return
+        from gnn_ooc.sampler.seed_index import SeedIndex
+
+        index, self._first_hop_how = SeedIndex.open_or_build(self.path / FIRST_HOP, self.sweep, self.seeds,
+                                                             staging=writer_staging(self.spec.memory_budget))
+        self.sweep.first_hop = index
+        self.say(f"first hops are {self._first_hop_how}")
 
     def _count(self, epoch: int) -> None:
         """Add the epoch's access counts to the totals (a new versioned folder; once per epoch)."""
@@ -642,6 +682,39 @@ class Planner:
         for e in gone:
             self.plan.release(e)
         return gone
+
+
+class _Behind:
+    """Calls ``fn`` in a thread of its own, at most ``depth`` calls waiting (0: in the caller's);
+    an error is raised by the next call or by ``drain``."""
+
+    def __init__(self, fn: Callable[[Any], None], depth: int) -> None:
+        self.fn, self.depth = fn, depth
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="gnn-ooc-plan-write") if depth else None
+        self.pending: deque[Future[None]] = deque()
+
+    def __call__(self, item: Any) -> None:
+        if self.pool is None:
+            self.fn(item)
+            return
+        self.pending.append(self.pool.submit(self.fn, item))
+        while len(self.pending) > self.depth:
+            self.pending.popleft().result()
+
+    def drain(self, raising: bool = True) -> None:
+        """Wait for every call (re-raising the first error unless ``raising`` is False); then stop."""
+        try:
+            while self.pending:
+                fut = self.pending.popleft()
+                if raising:
+                    fut.result()
+                else:
+                    fut.exception()
+        finally:
+            self.pending.clear()
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+                self.pool = None
 
 
 class _EpochWriter:

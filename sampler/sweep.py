@@ -79,7 +79,8 @@ WINDOW_BYTES = 32 << 20
 SWEEP_OVERHEAD = 1 << 20
 #: Concurrent reads per window, each at least ``PIECE_BYTES``. One: under a memory cap that
 #: includes the page cache, one buffered stream read 0.99 GB/s here, two 0.98, four 0.63-0.74
-#: (reclaiming the cache is the limit), O_DIRECT 0.61-0.79.
+#: (reclaiming the cache is the limit), O_DIRECT 0.61-0.79; one stream that drops what it read
+#: (``POSIX_FADV_DONTNEED``) 1.3-1.6 GB/s.
 READ_STREAMS, PIECE_BYTES = 1, 4 << 20
 
 
@@ -92,14 +93,34 @@ class SweepStats:
     sweeps: int = 0
     entries: int = 0
     spilled_bytes: int = 0
+    index_passes: int = 0  # first hops read from a seed index instead of the topology
+
+
+class Source:
+    """Where a hop's in-neighbour lists are read: the topology, or a ``SeedIndex`` standing in for
+    it (``rows`` maps sorted node ids to its rows; ``starts`` gives each row's offset in the
+    topology, for edge ids). ``key`` names its readers."""
+
+    def __init__(self, key: str, indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray | None,
+                 num_edges: int) -> None:
+        self.key, self.indptr, self.indices, self.weights, self.num_edges = key, indptr, indices, weights, num_edges
+
+    def rows(self, v: np.ndarray) -> np.ndarray | None:
+        """The rows of sorted nodes ``v`` (None: some node is not here)."""
+        return v
+
+    def starts(self, rows: np.ndarray) -> np.ndarray | None:
+        """Each row's first edge in the topology (None: the rows' own offsets are the topology's)."""
+        return None
 
 
 class RangeReader:
     """Reads ranges ``[lo, hi)`` of a 1-D array: with ``pread`` from its ``.npy`` file when the array
     is a memory map of one (no page-cache mapping grows with the graph), else by slicing."""
 
-    def __init__(self, arr: np.ndarray) -> None:
+    def __init__(self, arr: np.ndarray, *, drop: bool = False) -> None:
         self.arr, self.dtype, self.item = arr, arr.dtype, arr.dtype.itemsize
+        self.drop = drop  # drop what was read from the page cache: under a memory cap, reclaiming it was the limit
         where = reopenable(arr)
         self.fd: int | None = None
         self.name = getattr(where, "filename", None)
@@ -120,6 +141,8 @@ class RangeReader:
                 raise CorruptGraphError(f"{self.name}: ends at byte {offset + done}, expected "
                                         f"{self.base + (lo + out.shape[0]) * self.item} (the file is truncated)")
             done += got
+        if self.drop:
+            os.posix_fadvise(self.fd, offset, done, os.POSIX_FADV_DONTNEED)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -144,8 +167,13 @@ class SweepSampler:
         self.fanouts, self.want_edges = sampler.fanouts, sampler.return_edge_ids
         self.window_bytes, self.gap_bytes = int(window_bytes), int(gap_bytes)
         self.parallel = parallel
+        #: drop the topology's pages from the page cache once read (set when it does not fit there)
+        self.drop_cache = False
         self.stats = SweepStats()
         self._readers: dict[str, RangeReader] = {}
+        self.topology = Source("", self.indptr, self.indices, self.weights, self.num_edges)
+        #: read the first hop from here when it holds every node of the frontier (``SeedIndex``)
+        self.first_hop: Source | None = None
 
     # --- sizing ----------------------------------------------------------------------------------
     def _hops_bound(self, batch_size: int) -> list[tuple[float, float]]:
@@ -196,7 +224,8 @@ class SweepSampler:
         last = len(self.fanouts) - 1
         for h, fanout in enumerate(self.fanouts):
             frontiers = [lay.frontier() for lay in layers]
-            for b, (cnt, pos, nbr) in self._hop(frontiers, ukeys, fanout, results_bytes, scratch):
+            src = self.first_hop if h == 0 and self.first_hop is not None else self.topology
+            for b, (cnt, pos, nbr) in self._hop(src, frontiers, ukeys, fanout, results_bytes, scratch):
                 layers[b].add_hop(cnt, pos, nbr, self.indices)
                 if h == last:
                     yield SampledSubgraph(*_fields(layers[b].result()))
@@ -204,23 +233,32 @@ class SweepSampler:
                 else:
                     layers[b].drop_table()  # rebuilt at the next hop: tables are most of a batch's state
 
-    def _hop(self, frontiers: list[np.ndarray], ukeys: np.ndarray, fanout: int, results_bytes: int | None,
-             scratch: Path | None) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
+    def _hop(self, src: Source, frontiers: list[np.ndarray], ukeys: np.ndarray, fanout: int,
+             results_bytes: int | None, scratch: Path | None) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
         sizes = np.array([f.shape[0] for f in frontiers], dtype=np.int64)
         entry_off = np.concatenate([[0], np.cumsum(sizes)])
         nodes = np.concatenate(frontiers) if frontiers else np.empty(0, np.int64)
         order = np.argsort(nodes, kind="stable")
         v = nodes[order]
         del nodes
+        rows = src.rows(v)
+        if rows is None:  # the index does not hold this frontier: the topology does
+            src, rows = self.topology, v
         bid = np.repeat(np.arange(len(frontiers), dtype=np.int32), sizes)[order]  # each entry's batch
-        start, end = self._offsets(v)
+        start, end = self._offsets(src, v, rows)
         deg = np.subtract(end, start, out=end)
         bound = deg if fanout < 0 else np.minimum(deg, fanout)
+        starts = src.starts(rows)
+        shift = None if starts is None else np.subtract(starts, start, out=starts)  # index row -> topology offset
+        del rows
         subgroups = _subgroups(bound, order, entry_off, results_bytes)
         with _Buckets(len(subgroups) - 1, scratch, self.indices.dtype) as buckets:
-            self._sweep(v, ukeys, bid, start, deg, bound, fanout, order, entry_off[subgroups], buckets)
-            del v, bid, start, deg, bound
-            self.stats.sweeps += 1
+            self._sweep(src, v, ukeys, bid, start, deg, bound, shift, fanout, order, entry_off[subgroups], buckets)
+            del v, bid, start, deg, bound, shift
+            if src is self.topology:
+                self.stats.sweeps += 1
+            else:
+                self.stats.index_passes += 1
             self.stats.entries += int(order.shape[0])
             del order
             self.stats.spilled_bytes += buckets.bytes_written
@@ -247,35 +285,47 @@ class SweepSampler:
             lo, hi = int(entry_off[b]) - e0, int(entry_off[b + 1]) - e0
             yield b, (cnt_o[lo:hi], pos_o[off_o[lo] : off_o[hi]], nbr_o[off_o[lo] : off_o[hi]])
 
-    def _offsets(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def offsets(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``indptr[v]`` and ``indptr[v + 1]`` for sorted ``v``, read in ascending windows; checked."""
+        return self._offsets(self.topology, v, v)
+
+    def _offsets(self, src: Source, v: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``src.indptr[rows]`` and ``src.indptr[rows + 1]`` for sorted ``rows`` (of nodes ``v``); checked."""
         start, end = np.empty(v.shape[0], np.int64), np.empty(v.shape[0], np.int64)
-        reader = self._reader("indptr", self.indptr)
+        reader = self._reader(src.key + "indptr", src.indptr)
         zeros = np.zeros(v.shape[0], np.int64)
-        for (i0, i1, lo, _hi), (buf,) in self._windows(reader, v, v + 2, zeros, []):
-            start[i0:i1] = buf[v[i0:i1] - lo]
-            end[i0:i1] = buf[v[i0:i1] + 1 - lo]
+        for (i0, i1, lo, _hi), (buf,) in self._windows(reader, rows, rows + 2, zeros, []):
+            start[i0:i1] = buf[rows[i0:i1] - lo]
+            end[i0:i1] = buf[rows[i0:i1] + 1 - lo]
         # sorted nodes have non-decreasing offsets in a sound graph: the windows rely on it
         down = np.zeros(v.shape[0], bool)
         down[1:] = start[1:] < start[:-1]
-        bad = np.flatnonzero((start < 0) | (end < start) | (end > self.num_edges) | down)
+        bad = np.flatnonzero((start < 0) | (end < start) | (end > src.num_edges) | down)
         if bad.size:
             i = int(bad[0])
-            raise CorruptGraphError.bad_offsets(self.indptr, int(v[i]), int(start[i]), int(end[i]), self.num_edges)
+            raise CorruptGraphError.bad_offsets(src.indptr, int(v[i]), int(start[i]), int(end[i]), src.num_edges)
         return start, end
 
-    def _sweep(self, v: np.ndarray, ukeys: np.ndarray, bid: np.ndarray, start: np.ndarray, deg: np.ndarray,
-               bound: np.ndarray, fanout: int, order: np.ndarray, cuts: np.ndarray, buckets: _Buckets) -> None:
+    def ranges(self, src: Source, start: np.ndarray, deg: np.ndarray, results: np.ndarray) -> Iterator[
+            tuple[tuple[int, int, int, int], list[np.ndarray]]]:
+        """Windows ``(first, last + 1, lo, hi)`` over the sorted ranges ``[start, start + deg)`` of
+        ``src.indices`` (and its weights), each with what was read: ``[indices[lo:hi], weights[lo:hi]]``."""
+        readers = [self._reader(src.key + "indices", src.indices)]
+        if self.weights is not None:
+            assert src.weights is not None
+            readers.append(self._reader(src.key + "weights", src.weights))
+        return self._windows(readers[0], start, start + deg, results, readers[1:])
+
+    def _sweep(self, src: Source, v: np.ndarray, ukeys: np.ndarray, bid: np.ndarray, start: np.ndarray,
+               deg: np.ndarray, bound: np.ndarray, shift: np.ndarray | None, fanout: int, order: np.ndarray,
+               cuts: np.ndarray, buckets: _Buckets) -> None:
         """One ascending pass: each window's draws, split by sub-group into the buckets."""
         weighted = self.weights is not None
-        readers = [self._reader("indices", self.indices)]
-        if weighted:
-            readers.append(self._reader("weights", self.weights))
         # numba's default threading layer is not re-entrant: parallel kernels from the main thread only
         main = threading.current_thread() is threading.main_thread()
         kernel = _window_par if self.parallel and main and kernels.parallel_allowed() else _window_ser
         empty_w = np.empty(0, np.float32)
-        for (i0, i1, lo, _hi), bufs in self._windows(readers[0], start, start + deg, bound, readers[1:]):
+        for (i0, i1, lo, _hi), bufs in self.ranges(src, start, deg, bound):
             off = np.zeros(i1 - i0 + 1, np.int64)
             np.cumsum(bound[i0:i1], out=off[1:])
             cnt = np.zeros(i1 - i0, np.int64)
@@ -283,6 +333,8 @@ class SweepSampler:
             nbr = np.empty(pos.shape[0], self.indices.dtype)
             kernel(v[i0:i1], ukeys[bid[i0:i1]], start[i0:i1], deg[i0:i1], lo, bufs[0],
                    bufs[1] if weighted else empty_w, weighted, fanout, off, cnt, pos, nbr)
+            if shift is not None:  # positions in the index -> edge ids (positions in the topology)
+                pos += np.repeat(shift[i0:i1], bound[i0:i1])
             sub_of = np.searchsorted(cuts, order[i0:i1], "right") - 1  # the entries' sub-groups
             buckets.add_window(sub_of, order[i0:i1], cnt, off, pos, nbr)
 
@@ -321,7 +373,9 @@ class SweepSampler:
 
     def _reader(self, name: str, arr: np.ndarray) -> RangeReader:
         if name not in self._readers:
-            self._readers[name] = RangeReader(arr)
+            # the topology's pages would be gone before the next sweep reads them: drop them now (a
+            # seed index is read every epoch and small: it stays)
+            self._readers[name] = RangeReader(arr, drop=self.drop_cache and not name.startswith("first-hop"))
         return self._readers[name]
 
     def close(self) -> None:

@@ -360,6 +360,8 @@ def _add_synth(sub: Any) -> None:
     p.add_argument("--homophily", type=float)
     p.add_argument("--split", type=_split_flag, help="train,valid,test fractions of the nodes (default 0.6,0.2,0.2)")
     p.add_argument("--feature-dtype", choices=("float32", "float16"), help="of node_features.npy (default float32)")
+    p.add_argument("--noise-kind", choices=("gaussian", "uniform4"),
+                   help="feature noise: gaussian (default) or uniform4 (sum of four uniforms, same variance, 14x faster)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(handler=_run_synth)
 

@@ -75,6 +75,7 @@ EDGE_COMPRESSION = "none"
 
 _SPLIT_NAMES = ("train", "valid", "test")
 FEATURE_DTYPES = ("float32", "float16")
+NOISE_KINDS = ("gaussian", "uniform4")
 _PARQUET_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
 _MASK64 = (1 << 64) - 1
 _MAX_OFFSET = 1e12
@@ -122,6 +123,9 @@ class SynthConfig:
             multiple of ``16 * chunk_edges`` bytes whatever the graph size.
         feature_dtype: ``float32`` or ``float16`` (half the bytes; each value is the float32
             one rounded, so a billion-edge graph's features need not be converted later).
+        noise_kind: ``gaussian`` (Box-Muller, the default) or ``uniform4`` (the standardised
+            sum of four uniforms: the same mean and variance, tails cut at 3.46 sigma, 14x
+            faster to draw; half of synth's time at a billion edges otherwise).
 
     Example:
         >>> SynthConfig(nodes=5000, classes=5).feature_dim
@@ -144,10 +148,13 @@ class SynthConfig:
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
     chunk_edges: int = 4_000_000
     feature_dtype: str = "float32"
+    noise_kind: str = "gaussian"
 
     def __post_init__(self) -> None:
         if self.feature_dtype not in FEATURE_DTYPES:
             raise ValueError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {self.feature_dtype!r}")
+        if self.noise_kind not in NOISE_KINDS:
+            raise ValueError(f"noise_kind must be one of {', '.join(NOISE_KINDS)}, got {self.noise_kind!r}")
         _check_int("nodes", self.nodes, 1, MAX_NODES)
         _check_int("classes", self.classes, 1, self.nodes)
         _check_int("feature_dim", self.feature_dim, 1, 1 << 20)
@@ -243,6 +250,8 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 _U53 = 1.0 / 9007199254740992.0
 _U32 = 1.0 / 4294967296.0
 _TWO_PI = 2.0 * math.pi
+_U16 = 1.0 / 65536.0
+_SQRT3 = math.sqrt(3.0)
 
 
 def _stream_key(seed: int, stream: int) -> np.uint64:
@@ -277,6 +286,19 @@ def _normal_pair(key: np.uint64, counter: np.uint64) -> tuple[float, float]:
     u2 = np.float64(h & np.uint64(0xFFFFFFFF)) * _U32
     r = math.sqrt(-2.0 * math.log(u1))
     return r * math.cos(_TWO_PI * u2), r * math.sin(_TWO_PI * u2)
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_uniform4_row(out: np.ndarray, key: np.uint64, row: np.uint64, scale: float) -> None:
+    """``out += scale * Z``, Z the standardised sum of four 16-bit uniforms of one hash per entry
+    (mean 0, variance 1, bounded at 3.46 sigma): 14x faster than Box-Muller, nearly as normal."""
+    f = out.shape[0]
+    base = row * np.uint64(f)
+    m = np.uint64(0xFFFF)
+    for k in range(f):
+        h = _hash(key, base + np.uint64(k))
+        total = (h & m) + ((h >> np.uint64(16)) & m) + ((h >> np.uint64(32)) & m) + (h >> np.uint64(48))
+        out[k] += scale * (np.float64(total) * _U16 - 2.0) * _SQRT3
 
 
 @numba.njit(cache=True, nogil=True)
@@ -526,6 +548,7 @@ def _node_kernel(
     centroids: np.ndarray,
     noise: float,
     key: np.uint64,
+    uniform4: bool,
 ) -> None:
     """Labels and features of nodes ``first .. first + len(labels)``."""
     for i in prange(labels.shape[0]):
@@ -533,7 +556,10 @@ def _node_kernel(
         c = _to_rank(v, scramble) % classes
         labels[i] = c
         feats[i, :] = centroids[c]
-        _add_gaussian_row(feats[i], key, np.uint64(v), noise)
+        if uniform4:
+            _add_uniform4_row(feats[i], key, np.uint64(v), noise)
+        else:
+            _add_gaussian_row(feats[i], key, np.uint64(v), noise)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -676,6 +702,17 @@ def _write_edges(path: Path, cfg: SynthConfig, scr: _Scramble, report: _Reporter
     }
 
 
+def _rounded(feats: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``feats.astype(dtype)``, the same bits, by torch's vectorised conversion (numpy's float16
+    conversion ran at 90-140 M values/s here, torch's at 700-1800 M: a third of synth's time at a
+    billion edges)."""
+    import torch
+
+    out = np.empty(feats.shape, dtype)
+    torch.from_numpy(out).copy_(torch.from_numpy(feats))
+    return out
+
+
 def _write_nodes(root: Path, cfg: SynthConfig, scr: _Scramble, report: _Reporter) -> dict[str, int]:
     n, f = cfg.nodes, cfg.feature_dim
     split_key = _stream_key(cfg.seed, _STREAM_SPLIT)
@@ -702,13 +739,13 @@ def _write_nodes(root: Path, cfg: SynthConfig, scr: _Scramble, report: _Reporter
             feats = np.empty((count, f), np.float32)
             _node_kernel(
                 np.int64(start), labels, feats, np.int64(cfg.classes), scr.params(), centroids,
-                float(cfg.noise), noise_key,
+                float(cfg.noise), noise_key, cfg.noise_kind == "uniform4",
             )  # fmt: skip
             which = np.empty(count, np.int8)
             _split_kernel(np.int64(start), which, split_key, cuts)
             # ascending within the chunk, chunks in order: the split files come out sorted
             ids = [np.flatnonzero(which == k).astype(np.int64) + start for k in range(3)]
-            out = feats if dtype == np.float32 else feats.astype(dtype)
+            out = feats if dtype == np.float32 else _rounded(feats, dtype)
             background.submit(partial(_write_all, [fx, fy, *fs], [out, labels, *ids]))
             report(f"nodes {start + count:,}/{n:,}")
     return {"nodes": n, **dict(zip(_SPLIT_NAMES, sizes))}

@@ -19,7 +19,8 @@ from gnn_ooc.graphstore.preprocess import preprocess
 from gnn_ooc.sampler.base import CorruptGraphError, SampleKey
 from gnn_ooc.sampler.kernels import set_threads
 from gnn_ooc.sampler.neighbor import NeighborSampler
-from gnn_ooc.sampler.plan import Planner, PlanSpec
+from gnn_ooc.sampler.plan import PlanError, Planner, PlanSpec
+from gnn_ooc.sampler.seed_index import SeedIndex
 from gnn_ooc.sampler.sweep import SweepSampler
 from tests.conftest import write_raw
 from tests.sampler.test_plan import same
@@ -43,7 +44,8 @@ def graph(rng: np.random.Generator, n: int = 3000) -> tuple[np.ndarray, np.ndarr
 def make_dataset(root: Path, n: int = 4000, e: int = 60_000, seed: int = 0) -> Dataset:
     rng = np.random.default_rng(seed)
     src, dst = rng.integers(0, n, e), np.minimum(rng.zipf(1.6, e) - 1, n - 1)
-    write_raw(root / "raw", src, dst, splits={"train": np.arange(0, n, 3), "valid": np.arange(1, n, 9)})
+    write_raw(root / "raw", src, dst, splits={"train": np.arange(0, n, 3), "valid": np.arange(1, n, 9),
+                                                 "test": np.arange(2, n, 21)})
     preprocess(PreprocessSpec(output=root / "ds", edges=(root / "raw" / "edges.parquet",), num_nodes=n,
                               split_dir=root / "raw" / "split", undirected=True))
     return Dataset.open(root / "ds")
@@ -150,8 +152,8 @@ def test_too_small_a_budget_names_the_least(tmp_path: Path) -> None:
 
 
 def test_topology_several_times_the_budget_stays_within_it(tmp_path: Path) -> None:
-    ds = random_dataset(tmp_path)
-    budget = 6 << 20
+    ds = random_dataset(tmp_path, n=400_000, e=4_000_000)
+    budget = 7 << 20
     assert ds.indptr.nbytes + ds.indices.nbytes > 2 * budget
     got = planning_growth(ds, [5, 5], name="m", batch_size=128, memory_budget=budget, topology="external")
     assert got["sweeps"] > 2 and got["estimate"] <= budget
@@ -176,7 +178,7 @@ def test_damaged_indices_are_named_on_the_external_path() -> None:
 def test_a_planner_killed_mid_group_replans_the_same_bytes(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path, n=20_000, e=400_000)
     cmd = [sys.executable, "-m", "gnn_ooc.tools.cli", "sample", str(ds.path), "--fanouts", "10,10", "--batch-size",
-           "64", "--topology", "external", "--memory-budget", "8M", "--no-progress"]
+           "64", "--topology", "external", "--memory-budget", "10M", "--no-progress"]
     subprocess.run([*cmd, "--name", "ref", "--topology", "memory"], check=True, capture_output=True)
     proc = subprocess.Popen([*cmd, "--name", "k"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     plan = ds.path / "plans" / "k"
@@ -248,3 +250,74 @@ def test_drop_last_with_no_full_batch_plans_an_empty_epoch(tmp_path: Path) -> No
     assert planner.num_batches == 0 and ds.split("train").size < 2000
     stats = planner.plan_epoch(0)
     assert stats is not None and stats.batches == 0
+
+
+@pytest.mark.parametrize("fanouts,weighted,edge_ids", [
+    ([10, 5], False, False), ([-1, 3], False, True), ([5, 5, 2], True, True), ([3, -1], True, False)])
+def test_first_hops_read_from_the_seed_index_equal_batch_by_batch(fanouts: list[int], weighted: bool, edge_ids: bool,
+                                                                   tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    indptr, indices, weights = graph(rng)
+    s = NeighborSampler((indptr, indices), fanouts, weights=weights if weighted else None, return_edge_ids=edge_ids)
+    sweep = SweepSampler(s, window_bytes=4096, gap_bytes=64)
+    seeds = [rng.choice(3000, 40, replace=False) for _ in range(5)]
+    seeds[1][0] = 7  # the hub, isolated nodes, and the same seeds in two batches
+    seeds[2][:3] = np.flatnonzero(np.diff(indptr) == 0)[:3]
+    seeds[4] = seeds[3].copy()
+    index, how = SeedIndex.open_or_build(tmp_path / "first-hop", sweep, np.concatenate(seeds), max_share=1.0)
+    assert index is not None and "built now" in how and sweep.stats.sweeps == 1
+    sweep.first_hop = index
+    keys = [SampleKey(2, 1, b) for b in range(5)]
+    for out, sd, key in zip(sweep.sample_group(seeds, keys), seeds, keys):
+        same(out, s.sample(sd, key))
+    assert sweep.stats.index_passes == 1 and sweep.stats.sweeps == 1 + len(fanouts) - 1
+    # a group with a seed the index does not hold reads its first hop from the topology
+    other = [np.array([int(np.setdiff1d(np.arange(3000), np.concatenate(seeds))[0]), int(seeds[0][0])])]
+    same(next(iter(sweep.sample_group(other, keys[:1]))), s.sample(other[0], keys[0]))
+    assert sweep.stats.index_passes == 1 and sweep.stats.sweeps == 1 + 2 * len(fanouts) - 1
+
+
+def test_a_plan_reads_its_first_hops_from_the_seed_index(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path)
+    base = dict(batch_size=20, seed=3, split="test", memory_budget=64 << 20)  # test: 1 in 21 nodes
+    sampler = NeighborSampler(ds, [6, 4], return_edge_ids=True)
+    mem = Planner(ds, sampler, PlanSpec(name="mem", topology="memory", **base))
+    logs: list[str] = []
+    ext = Planner(ds, sampler, PlanSpec(name="ext", topology="external", **base), progress=logs.append)
+    groups = -(-ext.num_batches // ext.group)
+    for e, sweeps in ((0, 1 + groups), (1, groups)):  # the first epoch builds the index: one sweep
+        mem.plan_epoch(e)
+        stats = ext.plan_epoch(e)
+        assert stats is not None and stats.sweeps == sweeps, (e, stats)
+        for f in PLAN_FILES:
+            assert (mem.path / f"epoch-{e:06d}" / f).read_bytes() == (ext.path / f"epoch-{e:06d}" / f).read_bytes(), f
+    assert any("first hops are read from an index" in m and "built now" in m for m in logs)
+    ext.plan.verify()
+    # a damaged index is not read: the next planner builds it again, and the batches stay the same
+    victim = ext.path / "first-hop" / "indices.npy"
+    raw = bytearray(victim.read_bytes())
+    raw[-3] ^= 0x40
+    victim.write_bytes(bytes(raw))
+    with pytest.raises(PlanError, match="first-hop index is damaged"):
+        ext.plan.verify()
+    logs.clear()
+    again = Planner(ds, sampler, PlanSpec(name="ext", topology="external", **base), progress=logs.append)
+    stats = again.plan_epoch(2)
+    mem.plan_epoch(2)
+    assert stats is not None and stats.sweeps == 1 + groups and any("built now" in m for m in logs)
+    for f in PLAN_FILES:
+        assert (mem.path / "epoch-000002" / f).read_bytes() == (again.path / "epoch-000002" / f).read_bytes(), f
+    logs.clear()
+    Planner(ds, sampler, PlanSpec(name="ext", topology="external", **base), progress=logs.append).plan_epoch(3)
+    assert any("read from its index" in m for m in logs)
+
+
+def test_no_seed_index_when_the_seeds_are_much_of_the_graph(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path)  # train: 1 in 3 nodes
+    logs: list[str] = []
+    ext = Planner(ds, NeighborSampler(ds, [4, 4]), PlanSpec(name="x", topology="external", memory_budget=64 << 20),
+                  progress=logs.append)
+    stats = ext.plan_epoch(0)
+    assert stats is not None and stats.sweeps == 2 * -(-ext.num_batches // ext.group)
+    assert any("swept over the topology (the seeds are more than 12.5% of the nodes" in m for m in logs)
+    assert not (ext.path / "first-hop").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -263,6 +264,25 @@ def test_feature_noise_level(small: Graph) -> None:
     assert residual.std() == pytest.approx(SMALL.noise, rel=0.03)
     # centroid norm about 1 whatever feature_dim
     assert np.linalg.norm(centroids, axis=1).mean() == pytest.approx(1.0, abs=0.3)
+
+
+def test_uniform4_noise_has_the_same_level_and_only_the_features_change(small: Graph, tmp_path: Path) -> None:
+    fast = make(tmp_path / "u4", dataclasses.replace(SMALL, noise_kind="uniform4"))
+    residual = fast.features - small.features  # the same centroids: noise minus noise
+    assert residual.std() == pytest.approx(SMALL.noise * 2**0.5, rel=0.03)
+    centroids = np.stack([fast.features[fast.labels == c].mean(axis=0) for c in range(SMALL.classes)])
+    noise = fast.features - centroids[fast.labels]
+    assert noise.std() == pytest.approx(SMALL.noise, rel=0.03)
+    assert np.abs(noise).max() <= SMALL.noise * 2 * 3**0.5 + 0.05  # bounded at 2 sqrt(3) sigma
+    assert np.array_equal(fast.labels, small.labels) and np.array_equal(fast.src, small.src)
+    again = make(tmp_path / "u4-chunks", dataclasses.replace(SMALL, noise_kind="uniform4", chunk_edges=997))
+    assert np.array_equal(again.features, fast.features)
+
+
+def test_float16_features_are_the_float32_ones_rounded(small: Graph, tmp_path: Path) -> None:
+    half = make(tmp_path / "half", dataclasses.replace(SMALL, feature_dtype="float16"))
+    assert half.features.dtype == np.float16
+    assert np.array_equal(half.features.view(np.uint16), small.features.astype(np.float16).view(np.uint16))
 
 
 @pytest.mark.parametrize("gamma", [1.5, 2.0, 3.5])
