@@ -62,7 +62,7 @@ class SeedIndex(Source):
         def load(name: str) -> np.ndarray:
             return np.load(path / files[name]["name"], mmap_mode="r")
 
-        super().__init__(f"first-hop:{path}:", load("indptr"), load("indices"),
+        super().__init__(f"first-hop:{uuid.uuid4().hex}:", load("indptr"), load("indices"),  # readers of its own
                          load("weights") if "weights" in files else None, int(meta["edges"]))
         self.path, self.digest = path, str(meta["digest"])
         self.nodes, self._starts = load("nodes"), load("starts")
@@ -145,7 +145,7 @@ class SeedIndex(Source):
 
 def _digest(nodes: np.ndarray, sweep: SweepSampler) -> str:
     """What the index depends on: the seeds, the topology's size, whether it is weighted."""
-    h = hashlib.sha256(np.ascontiguousarray(nodes).tobytes())
+    h = hashlib.sha256(memoryview(np.ascontiguousarray(nodes)).cast("B"))  # type: ignore[arg-type]
     h.update(f"{sweep.num_nodes}:{sweep.num_edges}:{sweep.indices.dtype}:{sweep.weights is not None}".encode())
     return h.hexdigest()[:32]
 

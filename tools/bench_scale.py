@@ -2,7 +2,8 @@
 
 Generates a graph with ``gnn-ooc synth`` (default 50 M nodes, 10 edges per node, symmetrised by
 ``preprocess --undirected`` to 1 B CSC edges: 4 GB of int32 ``indices``, 0.4 GB of ``indptr``;
-128-dim float16 features, 12.8 GB; 1 % of the nodes train, 0.1 % each validate and test), then
+128-dim float16 features, 12.8 GB, with ``--noise-kind uniform4``; 1 % of the nodes train, 0.1 %
+each validate and test), then
 runs every stage as a user would, each in a child process under ``../shared/tools/memcap.sh``
 at ``--cap`` (default 4 GB, page cache included, the cache dropped first):
 
@@ -23,7 +24,7 @@ bytes read from and written to the disk (``/sys/block`` counters of the work fol
 sampled edges/s for plans, and the disk the work folder uses after it.
 
 Example:
-    $ python -m gnn_ooc.tools.bench_scale                                  # ~1 B edges, 1-2 hours here
+    $ python -m gnn_ooc.tools.bench_scale                                  # ~1 B edges, ~25 minutes here
     $ python -m gnn_ooc.tools.bench_scale --nodes 2000000 --cap 1e9 --budget 256M --json
 """
 

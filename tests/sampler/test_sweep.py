@@ -321,3 +321,48 @@ def test_no_seed_index_when_the_seeds_are_much_of_the_graph(tmp_path: Path) -> N
     assert stats is not None and stats.sweeps == 2 * -(-ext.num_batches // ext.group)
     assert any("swept over the topology (the seeds are more than 12.5% of the nodes" in m for m in logs)
     assert not (ext.path / "first-hop").exists()
+
+
+def test_a_full_scratch_disk_stops_the_plan_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The disk fills while a group's draws are spilled: one line naming the file, exit 1, no
+    partial epoch left; with space again the same command plans the same bytes."""
+    import errno
+
+    import gnn_ooc.sampler.sweep as sweep_module
+    from gnn_ooc.tools.cli import main
+
+    ds = make_dataset(tmp_path, n=20_000, e=400_000)
+    argv = ["sample", str(ds.path), "--fanouts", "10,10", "--batch-size", "64", "--topology", "external",
+            "--memory-budget", "10M", "--no-progress"]
+    assert main([*argv, "--name", "ref", "--topology", "memory"]) == 0
+    real, calls = sweep_module._append, [0]
+
+    def fills_up(path: Path, a: np.ndarray) -> None:
+        calls[0] += 1
+        if calls[0] > 5:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, a)
+
+    monkeypatch.setattr(sweep_module, "_append", fills_up)
+    capsys.readouterr()
+    assert main([*argv, "--name", "full"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("gnn-ooc sample: error: ")]  # after the log lines
+    assert calls[0] > 5 and len(errors) == 1 and err[-1] == errors[0], err
+    assert "the disk filled while spilling sampled edges" in err[-1] and "/scratch/hop-" in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+    plan = ds.path / "plans" / "full"
+    assert not list(plan.glob(".epoch-*")) and not (plan / "epoch-000000").exists()
+    monkeypatch.setattr(sweep_module, "_append", real)
+    assert main([*argv, "--name", "full"]) == 0
+    for name in PLAN_FILES[:5]:
+        assert (plan / "epoch-000000" / name).read_bytes() == (ds.path / "plans" / "ref" / "epoch-000000" / name).read_bytes()
+
+
+@pytest.mark.parametrize("n,bound", [(100_000, 50_000_000), (50_000, 3000), (10_000, 2**40), (5000, 1), (0, 10)])
+def test_stable_argsort_is_numpys(n: int, bound: int) -> None:
+    from gnn_ooc.sampler.sweep import stable_argsort
+
+    keys = np.random.default_rng(n).integers(0, bound, n)
+    assert np.array_equal(stable_argsort(keys, bound), np.argsort(keys, kind="stable"))
