@@ -91,11 +91,11 @@ def format_checksum(crc: int) -> str:
     return f"{CHECKSUM_ALGORITHM}:{crc & 0xFFFFFFFF:08x}"
 
 
-def file_checksum(path: str | os.PathLike[str]) -> str:
-    """The checksum of a whole file, read sequentially in large blocks."""
+def file_checksum(path: str | os.PathLike[str], block: int = _COPY_BLOCK) -> str:
+    """The checksum of a whole file, read sequentially in blocks of ``block`` bytes."""
     crc = 0
     with open(path, "rb", buffering=0) as f:
-        buf = bytearray(_COPY_BLOCK)
+        buf = bytearray(max(1 << 16, int(block)))
         view = memoryview(buf)
         while n := f.readinto(buf):
             crc = zlib.crc32(view[:n], crc)

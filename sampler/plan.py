@@ -64,6 +64,9 @@ PLAN_FORMAT = "gnn-ooc-plan"
 PLAN_VERSION = 1
 PLAN_JSON = "plan.json"
 WRITE_BEHIND = 1  # batches of a sweep being written while the next is assembled
+#: Bytes per seed while its first-hop index is built: ids, offsets, degrees, the index's own offsets,
+#: the windows' bounds and their table (sampler/seed_index.py)
+SEED_INDEX_BYTES = 96
 FIRST_HOP = "first-hop"  # the seeds' in-edges (sampler/seed_index.py)
 EPOCH_JSON = "epoch.json"
 WRITER_STAGING = 1 << 20  # per output file (4 files): 1 MiB O_DIRECT writes already run at disk speed
@@ -275,13 +278,19 @@ class Plan:
     def verify(self) -> None:
         for e in self.epochs():
             self.epoch(e).verify()
-        index = self.path / FIRST_HOP
-        if index.is_dir():
-            from gnn_ooc.sampler.seed_index import SeedIndex
+        if self.first_hop_path().is_dir():
+            self.verify_first_hop()
 
-            if not SeedIndex.check(index):
-                raise PlanError(f"{index}: the seeds' first-hop index is damaged (planning rebuilds it when it "
-                                "next sweeps; gnn-ooc clean or deleting the folder removes it)")
+    def first_hop_path(self) -> Path:
+        return self.path / FIRST_HOP
+
+    def verify_first_hop(self) -> None:
+        """Raises ``PlanError`` when the seeds' first-hop index (``sampler/seed_index.py``) is damaged."""
+        from gnn_ooc.sampler.seed_index import SeedIndex
+
+        if not SeedIndex.check(self.first_hop_path()):
+            raise PlanError(f"{self.first_hop_path()}: the seeds' first-hop index is damaged (planning rebuilds it "
+                            "when it next sweeps, or delete that folder)")
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -323,7 +332,10 @@ class Planner:
         if self.seeds.size == 0:
             raise PlanError(f"{self.ds.path}: split {spec.split!r} is empty; nothing to plan")
         self.path = Plan.path_for(self.ds, spec.name)
-        self._dense_counts = 4 * self.ds.num_nodes <= spec.memory_budget // 4
+        # an epoch's per-node counts, in the narrowest type that holds its batch count (uint16 for
+        # up to 65,535 batches: half of uint32's memory, which left 1 B edges' draws spilling at 2 GiB)
+        self._count_type = np.dtype(_count_dtype(max(1, self.num_batches)))
+        self._dense_counts = self._count_type.itemsize * self.ds.num_nodes <= spec.memory_budget // 4
         self._chunk_nodes = max(1 << 16, spec.memory_budget // 32)  # uint32 counts, a few copies
         self.sweep, self.topology_reason = self._choose_topology()
         if self.sweep is not None and spec.topology == "auto":
@@ -363,10 +375,11 @@ class Planner:
         return sweep, (f"in sweeps over groups of batches: the topology ({format_size(size)}) is larger than half "
                        f"the {format_size(max(0, 2 * room))} of memory left for the page cache besides the budget")
 
-    def _window_bytes(self) -> int:
+    def _window_bytes(self, budget: int | None = None) -> int:
         from gnn_ooc.sampler.sweep import WINDOW_BYTES
 
-        return max(256 << 10, min(WINDOW_BYTES, self.spec.memory_budget // 16))
+        budget = self.spec.memory_budget if budget is None else budget
+        return max(256 << 10, min(WINDOW_BYTES, budget // 16))
 
     def _topology_bytes(self) -> int:
         weights = getattr(self.sampler, "weights", None)
@@ -380,25 +393,49 @@ class Planner:
         another group another sweep of the whole topology."""
         state = self.sweep.bytes_per_batch(self.spec.batch_size)
         draws = self.sweep.result_bytes(self.spec.batch_size)
-        fixed = sum(self._fixed_estimate().values()) + self.sweep.fixed_bytes() + WRITE_BEHIND * draws
-        avail = self.spec.memory_budget - fixed
+        avail = self.spec.memory_budget - self._sweep_fixed(self.spec.memory_budget)
         if self.num_batches * (state + draws) <= avail:
             return max(1, self.num_batches), None
         results = max(4 * draws, avail // 8)  # spilling costs less than another group's sweeps
         group = (avail - results) // max(1, state)
         if group < 1:
-            slack = allocator_slack(self.spec.memory_budget)
-            need = fixed - slack + state + 4 * draws
-            least = -(-(need * 12 // 11 + 1) >> 20) << 20  # holds need beside its own slack; a whole MiB, up
+            least = self._least_sweep_budget()
             raise MemoryBudgetError(
-                f"planning in sweeps needs about {format_size(least)} (read windows {format_size(self.sweep.fixed_bytes())}, "
-                f"one batch and four batches' draws {format_size(state + 4 * draws)}, allocator slack "
-                f"{format_size(allocator_slack(least))}, the rest {format_size(fixed - slack - self.sweep.fixed_bytes())}); the "
-                f"memory budget is {format_size(self.spec.memory_budget)}: raise --memory-budget to at least "
+                f"planning in sweeps needs about {format_size(least)} (read windows "
+                f"{format_size(self.sweep.fixed_bytes(self._window_bytes(least)))}, one batch and four batches' draws "
+                f"{format_size(state + 4 * draws)}, allocator slack {format_size(allocator_slack(least))}, the rest "
+                f"{format_size(self._sweep_fixed(least) - self.sweep.fixed_bytes(self._window_bytes(least)) - allocator_slack(least))}); "
+                f"the memory budget is {format_size(self.spec.memory_budget)}: raise --memory-budget to at least "
                 f"{format_size(least)}, or lower --batch-size or --fanouts")
         if group >= self.num_batches:  # one group: its draws get all that its state leaves (fewer spills)
             group, results = self.num_batches, avail - self.num_batches * state
         return int(max(1, group)), int(results)
+
+    def _sweep_fits(self, budget: int) -> bool:
+        """Whether ``budget`` holds a group of at least one batch (the test ``_group_size`` makes)."""
+        state = self.sweep.bytes_per_batch(self.spec.batch_size)
+        draws = self.sweep.result_bytes(self.spec.batch_size)
+        avail = budget - self._sweep_fixed(budget)
+        return self.num_batches * (state + draws) <= avail or avail - max(4 * draws, avail // 8) >= state
+
+    def _sweep_fixed(self, budget: int) -> int:
+        """What sweeping at ``budget`` holds besides the group's state and draws (it grows with the
+        budget: read windows, writers, allocator slack, in-memory access counts)."""
+        draws = self.sweep.result_bytes(self.spec.batch_size)
+        return (sum(self._fixed_estimate(budget).values()) + self.sweep.fixed_bytes(self._window_bytes(budget))
+                + WRITE_BEHIND * draws)
+
+    def _least_sweep_budget(self) -> int:
+        """The least whole-MiB budget that sweeps (what it must hold grows with it: read windows,
+        writers, slack), by bisection: the test is monotone in the budget."""
+        lo = self.spec.memory_budget >> 20  # refused
+        hi = max(1, lo)
+        while not self._sweep_fits(hi << 20):
+            lo, hi = hi, 2 * hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if self._sweep_fits(mid << 20) else (mid, hi)
+        return hi << 20
 
     def warm_up(self) -> None:
         """Sample one seed: loads the sampler's compiled kernels (memory that is not the budget's)."""
@@ -440,14 +477,16 @@ class Planner:
         per_edge = 48  # position, neighbour, row, col and copies while a batch is built and written
         return {**self._fixed_estimate(), "batches in flight": (2 * threads + 3) * per_edge * self._edges_bound()}
 
-    def _fixed_estimate(self) -> dict[str, int]:
+    def _fixed_estimate(self, budget: int | None = None) -> dict[str, int]:
+        budget = self.spec.memory_budget if budget is None else budget
+        counts = self._count_type.itemsize * self.ds.num_nodes
         return {
             "epoch order": 16 * int(self.seeds.size),
-            # the seeds' ids and offsets while their first-hop index is built (sampler/seed_index.py)
-            "seed index": 32 * int(self.seeds.size) if self._builds_index() else 0,
-            "access counts": 4 * self.ds.num_nodes if self._dense_counts else 0,
-            "writers": 4 * writer_staging(self.spec.memory_budget),
-            "allocator slack": allocator_slack(self.spec.memory_budget),
+            # the seeds' ids, offsets and window bounds while their first-hop index is built
+            "seed index": SEED_INDEX_BYTES * int(self.seeds.size) if self._builds_index() else 0,
+            "access counts": counts if counts <= budget // 4 else 0,  # else counted in a pass per id range
+            "writers": 4 * writer_staging(budget),
+            "allocator slack": allocator_slack(budget),
         }
 
     def _builds_index(self) -> bool:
@@ -565,7 +604,8 @@ class Planner:
         t0 = time.perf_counter()
         before = dataclasses.replace(self.sweep.stats) if self.sweep is not None else None
         writer = _EpochWriter(out, self.ds, self._num_layers(), self.sampler.settings().get("return_edge_ids", False),
-                              self._dense_counts, self._chunk_nodes, writer_staging(self.spec.memory_budget))
+                              self._count_type if self._dense_counts else None, self._chunk_nodes,
+                              writer_staging(self.spec.memory_budget))
         # after a sweep, batches come out faster than one thread writes them: writing overlaps
         # assembling the next (in the batch-by-batch path the sampling threads overlap it already)
         behind = _Behind(writer.add, WRITE_BEHIND if self.sweep is not None else 0)
@@ -720,7 +760,7 @@ class _Behind:
 class _EpochWriter:
     """Appends batches to an epoch's files; counts accesses in memory or in a pass afterwards."""
 
-    def __init__(self, out: Path, ds: Dataset, layers: int, with_edges: bool, dense: bool, chunk_nodes: int,
+    def __init__(self, out: Path, ds: Dataset, layers: int, with_edges: bool, dense: np.dtype | None, chunk_nodes: int,
                  staging: int = WRITER_STAGING) -> None:
         self.out, self.layers, self.n, self.chunk_nodes = out, layers, ds.num_nodes, chunk_nodes
         self.node_dtype = ds.indices.dtype
@@ -731,7 +771,7 @@ class _EpochWriter:
         self.edges = WriteBehind(NpyWriter(out / "edge_ids.npy", np.int64, (None,), staging=st)) if with_edges else None
         self.index: list[np.ndarray] = [np.zeros(3 + 2 * layers + 1, np.int64)]
         self.at = np.zeros(3, np.int64)
-        self.counts = np.zeros(self.n, np.uint32) if dense else None
+        self.counts = np.zeros(self.n, dense) if dense is not None else None
         self.max_count_seen = 0
 
     def add(self, sub: SampledSubgraph) -> None:

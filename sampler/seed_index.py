@@ -37,11 +37,11 @@ import numpy as np
 from numba import njit
 
 from gnn_ooc.graphstore.atomic import LockedDir, _fsync_dir, remove_stale
+from gnn_ooc.graphstore.base import GnnOocError
 from gnn_ooc.graphstore.npyfile import (
     FileEntry,
     NpyWriter,
     file_checksum,
-    write_array,
     write_bytes_entry,
 )
 from gnn_ooc.sampler.sweep import Source, SweepSampler
@@ -86,12 +86,15 @@ class SeedIndex(Source):
         for the log."""
         nodes = np.unique(np.asarray(seeds, dtype=np.int64))
         digest = _digest(nodes, sweep)
-        got = cls._open(path, digest)
+        got = cls._open(path, digest, staging)
         if got is not None:
             return got, "read from its index"
         if nodes.shape[0] > max_share * sweep.num_nodes:
             return None, f"swept over the topology (the seeds are more than {max_share:.1%} of the nodes: no index)"
-        remove_stale(path.parent, f".{path.name}.partial-", "gnn-ooc sample")  # killed builds
+        try:
+            remove_stale(path.parent, f".{path.name}.partial-", "gnn-ooc sample")  # killed builds
+        except GnnOocError:  # another planner of this plan is building it now: it only saves time
+            return None, "swept over the topology (another planner is building the seeds' index)"
         for old in path.parent.glob(f".{path.name}.old-*"):  # killed while replacing a stale one
             shutil.rmtree(old, ignore_errors=True)
         start, end = sweep.offsets(nodes)
@@ -99,6 +102,22 @@ class SeedIndex(Source):
         if edges > max_share * sweep.num_edges:
             return None, (f"swept over the topology (the seeds' {edges:,} in-edges are more than "
                           f"{max_share:.1%} of the graph's: no index)")
+        try:
+            cls._build(path, sweep, nodes, start, end, edges, digest, staging)
+        except OSError as e:  # a full disk, or another planner published first
+            index = cls._open(path, digest, staging)
+            if index is not None:
+                return index, "read from its index (built by another planner)"
+            return None, f"swept over the topology (the seeds' index could not be written: {e})"
+        index = cls._open(path, digest, staging)
+        if index is None:  # replaced by another planner between publishing and opening
+            return None, "swept over the topology (the seeds' index changed while it was opened)"
+        return index, f"read from an index of the seeds' {edges:,} in-edges (built now, one sweep)"
+
+    @staticmethod
+    def _build(path: Path, sweep: SweepSampler, nodes: np.ndarray, start: np.ndarray, end: np.ndarray, edges: int,
+               digest: str, staging: int) -> None:
+        """Write the index in a locked partial folder beside ``path`` and publish it there."""
         stage = LockedDir(path.parent / f".{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             _write(stage.path, sweep, nodes, start, end, edges, digest, staging)
@@ -113,21 +132,18 @@ class SeedIndex(Source):
             raise
         finally:
             stage.release()
-        index = cls._open(path, digest)
-        if index is None:  # replaced by another planner between publishing and opening
-            return None, "swept over the topology (the seeds' index changed while it was opened)"
-        return index, f"read from an index of the seeds' {edges:,} in-edges (built now, one sweep)"
 
     @classmethod
-    def _open(cls, path: Path, digest: str) -> SeedIndex | None:
-        """The index at ``path`` when it is of these seeds and every file checks out, else None."""
+    def _open(cls, path: Path, digest: str, block: int = 8 << 20) -> SeedIndex | None:
+        """The index at ``path`` when it is of these seeds and every file checks out (read in blocks
+        of ``block`` bytes, the budget's writer staging), else None."""
         try:
             meta = json.loads((path / INDEX_JSON).read_text())
             if meta.get("format") != FORMAT or meta.get("version") != VERSION or meta.get("digest") != digest:
                 return None
             for entry in meta["files"].values():
                 file = path / entry["name"]
-                if file.stat().st_size != entry["size"] or file_checksum(file) != entry["checksum"]:
+                if file.stat().st_size != entry["size"] or file_checksum(file, block) != entry["checksum"]:
                     return None
             return cls(path, meta)
         except (OSError, ValueError, KeyError, TypeError):
@@ -156,9 +172,9 @@ def _write(out: Path, sweep: SweepSampler, nodes: np.ndarray, start: np.ndarray,
     local = np.zeros(nodes.shape[0] + 1, np.int64)
     np.cumsum(deg, out=local[1:])
     entries: dict[str, FileEntry] = {
-        "nodes": write_array(out / "nodes.npy", nodes, root=out),
-        "indptr": write_array(out / "indptr.npy", local, root=out),
-        "starts": write_array(out / "starts.npy", start, root=out),
+        "nodes": _write_whole(out / "nodes.npy", nodes, out, staging),
+        "indptr": _write_whole(out / "indptr.npy", local, out, staging),
+        "starts": _write_whole(out / "starts.npy", start, out, staging),
     }
     del local
     weighted = sweep.weights is not None
@@ -182,6 +198,13 @@ def _write(out: Path, sweep: SweepSampler, nodes: np.ndarray, start: np.ndarray,
             "files": {k: asdict(v) for k, v in entries.items()}}
     write_bytes_entry(out / INDEX_JSON, out, json.dumps(meta, indent=2).encode())
     sweep.stats.sweeps += 1
+
+
+def _write_whole(path: Path, array: np.ndarray, root: Path, staging: int) -> FileEntry:
+    with NpyWriter(path, array.dtype, array.shape, root=root, staging=staging) as w:
+        w.write(array)
+    assert w.entry is not None
+    return w.entry
 
 
 @njit(cache=True, nogil=True)

@@ -197,15 +197,16 @@ class SweepSampler:
         """One batch's largest hop of draws while it is put back in order and relabelled."""
         return int(BYTES_PER_EDGE * max(e for _, e in self._hops_bound(batch_size)))
 
-    def fixed_bytes(self) -> int:
-        """Two read windows (indices, and weights when weighted), one window's draws, overhead."""
+    def fixed_bytes(self, window_bytes: int | None = None) -> int:
+        """Two read windows (indices, and weights when weighted), one window's draws, overhead (for
+        windows of ``window_bytes``, default this sampler's)."""
+        wb = self.window_bytes if window_bytes is None else int(window_bytes)
         item = self.indices.dtype.itemsize
         per_edge = item + (0 if self.weights is None else self.weights.dtype.itemsize)
-        return (2 * (self.window_bytes // item) * per_edge + self._window_results() * WINDOW_RESULT_BYTES
-                + SWEEP_OVERHEAD)
+        return 2 * (wb // item) * per_edge + self._window_results(wb) * WINDOW_RESULT_BYTES + SWEEP_OVERHEAD
 
-    def _window_results(self) -> int:
-        return max(1 << 12, self.window_bytes // WINDOW_RESULT_BYTES)
+    def _window_results(self, window_bytes: int | None = None) -> int:
+        return max(1 << 12, (self.window_bytes if window_bytes is None else window_bytes) // WINDOW_RESULT_BYTES)
 
     # --- sampling --------------------------------------------------------------------------------
     def sample_group(self, seeds: Sequence[np.ndarray], keys: Sequence[SampleKey], *,

@@ -187,9 +187,12 @@ def plan(args: argparse.Namespace, stages: list[dict[str, Any]]) -> None:
 
 def same_plans(a: Path, b: Path, epochs: int) -> bool:
     """Whether every array file of the first ``epochs`` epochs of plans ``a`` and ``b`` is the same bytes."""
-    files = [f.relative_to(a) for e in range(epochs) for f in (a / f"epoch-{e:06d}").glob("*.npy")]
+    names = [sorted(p.name for p in (root / f"epoch-{e:06d}").glob("*.npy")) for root in (a, b) for e in range(epochs)]
+    if names[:epochs] != names[epochs:] or not all(names[:epochs]):
+        return False  # an epoch or a file missing on either side
     try:
-        return len(files) > 0 and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files)
+        return all(filecmp.cmp(a / f"epoch-{e:06d}" / n, b / f"epoch-{e:06d}" / n, shallow=False)
+                   for e in range(epochs) for n in names[e])
     except OSError:
         return False
 

@@ -173,6 +173,8 @@ def verify_all(dataset: Path, say: Callable[[str], None] = lambda _m: None) -> l
             continue
         for epoch in info["epochs"]:
             attempt(f"plan {info['name']} epoch {epoch}", partial(_verify_plan_epoch, plan, epoch))
+        if plan.first_hop_path().is_dir():
+            attempt(f"plan {info['name']} first-hop index", plan.verify_first_hop)
         for pack in info["packs"]:
             for epoch in pack["epochs"]:
                 attempt(f"pack {info['name']}/{pack['name']} epoch {epoch}",

@@ -84,10 +84,10 @@ def planning_growth(ds: Dataset, fanouts: list[int], **spec: Any) -> dict[str, i
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def random_dataset(root: Path, n: int = 300_000, e: int = 3_000_000) -> Dataset:
-    """Uniform random edges (a 14 MB topology by default), every sixth node training."""
+def random_dataset(root: Path, n: int = 300_000, e: int = 3_000_000, every: int = 6) -> Dataset:
+    """Uniform random edges (a 14 MB topology by default), every ``every``-th node training."""
     rng = np.random.default_rng(0)
-    write_raw(root / "raw", rng.integers(0, n, e), rng.integers(0, n, e), splits={"train": np.arange(0, n, 6)})
+    write_raw(root / "raw", rng.integers(0, n, e), rng.integers(0, n, e), splits={"train": np.arange(0, n, every)})
     preprocess(PreprocessSpec(output=root / "ds", edges=(root / "raw" / "edges.parquet",), num_nodes=n,
                               split_dir=root / "raw" / "split"))
     return Dataset.open(root / "ds")

@@ -147,8 +147,12 @@ def test_too_small_a_budget_names_the_least(tmp_path: Path) -> None:
     from gnn_ooc.units import parse_size
 
     budget = parse_size(least.replace(" ", "").replace("MiB", "M"))
-    Planner(ds, NeighborSampler(ds, [25, 25]), PlanSpec(name="s", batch_size=1000, memory_budget=budget + (1 << 20),
+    # exactly the budget named works (its read windows, writers and slack are larger than the refused one's)
+    Planner(ds, NeighborSampler(ds, [25, 25]), PlanSpec(name="s", batch_size=1000, memory_budget=budget,
                                                         topology="external")).plan_epoch(0)
+    with pytest.raises(MemoryBudgetError):  # and it is the least: a MiB less does not
+        Planner(ds, NeighborSampler(ds, [25, 25]), PlanSpec(name="t", batch_size=1000, memory_budget=budget - (1 << 20),
+                                                            topology="external"))
 
 
 def test_topology_several_times_the_budget_stays_within_it(tmp_path: Path) -> None:
@@ -157,6 +161,15 @@ def test_topology_several_times_the_budget_stays_within_it(tmp_path: Path) -> No
     assert ds.indptr.nbytes + ds.indices.nbytes > 2 * budget
     got = planning_growth(ds, [5, 5], name="m", batch_size=128, memory_budget=budget, topology="external")
     assert got["sweeps"] > 2 and got["estimate"] <= budget
+    assert got["growth"] <= budget, f"anonymous memory grew {got['growth'] >> 20} MiB, budget {budget >> 20} MiB"
+
+
+def test_building_and_reading_the_seed_index_stays_within_the_budget(tmp_path: Path) -> None:
+    ds = random_dataset(tmp_path, n=400_000, e=4_000_000, every=20)  # 5 % train: the index is built
+    budget = 7 << 20
+    got = planning_growth(ds, [5, 5], name="i", batch_size=128, memory_budget=budget, topology="external")
+    assert (ds.path / "plans" / "i" / "first-hop" / "first-hop.json").is_file()  # built in the measured epoch
+    assert got["estimate"] <= budget
     assert got["growth"] <= budget, f"anonymous memory grew {got['growth'] >> 20} MiB, budget {budget >> 20} MiB"
 
 
@@ -366,3 +379,54 @@ def test_stable_argsort_is_numpys(n: int, bound: int) -> None:
 
     keys = np.random.default_rng(n).integers(0, bound, n)
     assert np.array_equal(stable_argsort(keys, bound), np.argsort(keys, kind="stable"))
+
+
+def test_a_failed_write_behind_the_sweep_leaves_no_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch writer runs in a thread of its own in the swept path: its error ends the epoch
+    (raised, not lost), nothing partial is left, and the next run plans the same bytes."""
+    import gnn_ooc.sampler.plan as plan_module
+
+    ds = make_dataset(tmp_path)
+    sampler = NeighborSampler(ds, [4, 4])
+    mem = Planner(ds, sampler, PlanSpec(name="mem", topology="memory", batch_size=100))
+    mem.plan_epoch(0)
+    real, calls = plan_module._EpochWriter.add, [0]
+
+    def fails(self: object, sub: object) -> None:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError(28, "No space left on device", "rows.npy")
+        real(self, sub)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plan_module._EpochWriter, "add", fails)
+    ext = Planner(ds, sampler, PlanSpec(name="ext", topology="external", batch_size=100))
+    with pytest.raises(OSError, match="No space left"):
+        ext.plan_epoch(0)
+    assert not list(ext.path.glob(".epoch-*")) and not (ext.path / "epoch-000000").exists()
+    monkeypatch.setattr(plan_module._EpochWriter, "add", real)
+    assert ext.plan_epoch(0) is not None
+    for f in PLAN_FILES[:5]:  # no edge ids asked for
+        assert (mem.path / "epoch-000000" / f).read_bytes() == (ext.path / "epoch-000000" / f).read_bytes(), f
+
+
+def test_a_second_planner_sweeps_while_the_first_builds_the_index(tmp_path: Path) -> None:
+    from gnn_ooc.graphstore.atomic import LockedDir
+
+    ds = make_dataset(tmp_path)
+    sampler = NeighborSampler(ds, [6, 4])
+    base = dict(batch_size=20, seed=3, split="test", memory_budget=64 << 20, topology="external")
+    logs: list[str] = []
+    planner = Planner(ds, sampler, PlanSpec(name="two", **base), progress=logs.append)
+    busy = LockedDir(planner.path / ".first-hop.partial-4242-feedbeef")  # another live planner's build
+    try:
+        stats = planner.plan_epoch(0)
+    finally:
+        busy.release()
+    assert stats is not None and any("another planner is building the seeds' index" in m for m in logs)
+    mem = Planner(ds, sampler, PlanSpec(name="mem", **{**base, "topology": "memory"}))
+    mem.plan_epoch(0)
+    for f in PLAN_FILES[:5]:  # no edge ids asked for
+        assert (mem.path / "epoch-000000" / f).read_bytes() == (planner.path / "epoch-000000" / f).read_bytes(), f
+    logs.clear()
+    Planner(ds, sampler, PlanSpec(name="two", **base), progress=logs.append).plan_epoch(1)  # the lock is free now
+    assert any("built now" in m for m in logs) and not (planner.path / ".first-hop.partial-4242-feedbeef").exists()
