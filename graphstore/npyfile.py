@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -191,40 +193,67 @@ class NpyWriter:
             self.abort()
 
 
-class WriteBehind:
-    """Run an ``NpyWriter``'s writes in a thread so computing the next block overlaps the I/O.
+class Behind:
+    """Calls ``fn`` in a thread of its own so that the caller's next step overlaps it.
 
-    At most ``depth`` blocks wait; a failed write re-raises on the next call or on ``drain``.
-    The caller must not modify a block after handing it over.
+    At most ``depth`` calls wait (0: ``fn`` runs in the caller's thread); a failed call re-raises
+    on the next call or on ``drain``. The caller must not modify an item after handing it over.
+
+    Example:
+        >>> out = []
+        >>> behind = Behind(out.append, depth=2)
+        >>> for i in range(3):
+        ...     behind(i)
+        >>> behind.drain(); out
+        [0, 1, 2]
     """
 
-    def __init__(self, writer: NpyWriter, depth: int = 2) -> None:
-        from concurrent.futures import Future, ThreadPoolExecutor
+    def __init__(self, fn: Callable[[Any], object], depth: int = 2, name: str = "gnn-ooc-write") -> None:
+        self.fn, self.depth = fn, depth
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name) if depth > 0 else None
+        self._pending: deque[Future[object]] = deque()
 
-        self.writer = writer
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gnn-ooc-write")
-        self._pending: list[Future[None]] = []
-        self._depth = depth
+    def __call__(self, item: Any) -> None:
+        if self._pool is None:
+            self.fn(item)
+            return
+        while len(self._pending) >= self.depth:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self.fn, item))
 
-    def write(self, rows: np.ndarray) -> None:
-        while len(self._pending) >= self._depth:
-            self._pending.pop(0).result()
-        self._pending.append(self._pool.submit(self.writer.write, rows))
-
-    def drain(self) -> None:
+    def drain(self, raising: bool = True) -> None:
+        """Wait for every call (re-raising the first error unless ``raising`` is False), then stop."""
         try:
-            for f in self._pending:
-                f.result()
+            while self._pending:
+                fut = self._pending.popleft()
+                if raising:
+                    fut.result()
+                else:
+                    fut.exception()
         finally:
             self._pending.clear()
-            self._pool.shutdown(wait=True)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+
+
+class WriteBehind(Behind):
+    """Run an ``NpyWriter``'s writes in a thread so computing the next block overlaps the I/O
+    (``Behind`` over ``writer.write``)."""
+
+    def __init__(self, writer: NpyWriter, depth: int = 2) -> None:
+        super().__init__(writer.write, depth)
+        self.writer = writer
+
+    def write(self, rows: np.ndarray) -> None:
+        self(rows)
 
 
 def write_array(
-    path: Path, array: np.ndarray, *, root: Path, logical_dtype: str | None = None
+    path: Path, array: np.ndarray, *, root: Path, logical_dtype: str | None = None, staging: int = 8 << 20
 ) -> FileEntry:
-    """Write a whole in-memory array as an aligned ``.npy``."""
-    with NpyWriter(path, array.dtype, array.shape, root=root, logical_dtype=logical_dtype) as w:
+    """Write a whole in-memory array as an aligned ``.npy`` (through ``staging`` bytes of buffer)."""
+    with NpyWriter(path, array.dtype, array.shape, root=root, logical_dtype=logical_dtype, staging=staging) as w:
         w.write(array)
     assert w.entry is not None
     return w.entry

@@ -48,6 +48,7 @@ from gnn_ooc.graphstore.atomic import LockedDir, Staging, _fsync_dir, remove_dir
 from gnn_ooc.graphstore.base import ChecksumError, GnnOocError, MemoryBudgetError
 from gnn_ooc.graphstore.dataset import Dataset, check_file_size
 from gnn_ooc.graphstore.npyfile import (
+    Behind,
     NpyWriter,
     WriteBehind,
     file_checksum,
@@ -335,7 +336,7 @@ class Planner:
         # an epoch's per-node counts, in the narrowest type that holds its batch count (uint16 for
         # up to 65,535 batches: half of uint32's memory, which left 1 B edges' draws spilling at 2 GiB)
         self._count_type = np.dtype(_count_dtype(max(1, self.num_batches)))
-        self._dense_counts = self._count_type.itemsize * self.ds.num_nodes <= spec.memory_budget // 4
+        self._dense_counts = self._counts_in_memory(spec.memory_budget)
         self._chunk_nodes = max(1 << 16, spec.memory_budget // 32)  # uint32 counts, a few copies
         self.sweep, self.topology_reason = self._choose_topology()
         if self.sweep is not None and spec.topology == "auto":
@@ -398,7 +399,7 @@ class Planner:
             return max(1, self.num_batches), None
         results = max(4 * draws, avail // 8)  # spilling costs less than another group's sweeps
         group = (avail - results) // max(1, state)
-        if group < 1:
+        if not self._sweep_fits(self.spec.memory_budget):  # group < 1
             least = self._least_sweep_budget()
             raise MemoryBudgetError(
                 f"planning in sweeps needs about {format_size(least)} (read windows "
@@ -412,7 +413,8 @@ class Planner:
         return int(max(1, group)), int(results)
 
     def _sweep_fits(self, budget: int) -> bool:
-        """Whether ``budget`` holds a group of at least one batch (the test ``_group_size`` makes)."""
+        """Whether ``budget`` holds a group of at least one batch beside its draws (at least four
+        batches' worth or an eighth of what is left), or the whole epoch with its draws."""
         state = self.sweep.bytes_per_batch(self.spec.batch_size)
         draws = self.sweep.result_bytes(self.spec.batch_size)
         avail = budget - self._sweep_fixed(budget)
@@ -477,22 +479,26 @@ class Planner:
         per_edge = 48  # position, neighbour, row, col and copies while a batch is built and written
         return {**self._fixed_estimate(), "batches in flight": (2 * threads + 3) * per_edge * self._edges_bound()}
 
+    def _counts_in_memory(self, budget: int) -> bool:
+        """Whether an epoch's access counts are kept in memory (else counted in a pass per id range)."""
+        return self._count_type.itemsize * self.ds.num_nodes <= budget // 4
+
     def _fixed_estimate(self, budget: int | None = None) -> dict[str, int]:
         budget = self.spec.memory_budget if budget is None else budget
-        counts = self._count_type.itemsize * self.ds.num_nodes
+        counts = self._count_type.itemsize * self.ds.num_nodes if self._counts_in_memory(budget) else 0
         return {
             "epoch order": 16 * int(self.seeds.size),
             # the seeds' ids, offsets and window bounds while their first-hop index is built
             "seed index": SEED_INDEX_BYTES * int(self.seeds.size) if self._builds_index() else 0,
-            "access counts": counts if counts <= budget // 4 else 0,  # else counted in a pass per id range
+            "access counts": counts,
             "writers": 4 * writer_staging(budget),
             "allocator slack": allocator_slack(budget),
         }
 
     def _builds_index(self) -> bool:
-        from gnn_ooc.sampler.seed_index import MAX_SHARE
+        from gnn_ooc.sampler.seed_index import worth_building
 
-        return self.sweep is not None and self.seeds.size <= MAX_SHARE * self.ds.num_nodes
+        return self.sweep is not None and worth_building(int(self.seeds.size), self.ds.num_nodes)
 
     def _edges_bound(self) -> int:
         """A bound on one batch's edges: from the fan-outs (-1 counts as 4x the mean degree), else
@@ -608,7 +614,7 @@ class Planner:
                               writer_staging(self.spec.memory_budget))
         # after a sweep, batches come out faster than one thread writes them: writing overlaps
         # assembling the next (in the batch-by-batch path the sampling threads overlap it already)
-        behind = _Behind(writer.add, WRITE_BEHIND if self.sweep is not None else 0)
+        behind = Behind(writer.add, WRITE_BEHIND if self.sweep is not None else 0, name="gnn-ooc-plan-write")
         try:
             sample_s = 0.0
             with bar(self.num_batches, f"planning epoch {epoch}", enabled=self.bars, unit="batch") as shown:
@@ -722,39 +728,6 @@ class Planner:
         for e in gone:
             self.plan.release(e)
         return gone
-
-
-class _Behind:
-    """Calls ``fn`` in a thread of its own, at most ``depth`` calls waiting (0: in the caller's);
-    an error is raised by the next call or by ``drain``."""
-
-    def __init__(self, fn: Callable[[Any], None], depth: int) -> None:
-        self.fn, self.depth = fn, depth
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="gnn-ooc-plan-write") if depth else None
-        self.pending: deque[Future[None]] = deque()
-
-    def __call__(self, item: Any) -> None:
-        if self.pool is None:
-            self.fn(item)
-            return
-        self.pending.append(self.pool.submit(self.fn, item))
-        while len(self.pending) > self.depth:
-            self.pending.popleft().result()
-
-    def drain(self, raising: bool = True) -> None:
-        """Wait for every call (re-raising the first error unless ``raising`` is False); then stop."""
-        try:
-            while self.pending:
-                fut = self.pending.popleft()
-                if raising:
-                    fut.result()
-                else:
-                    fut.exception()
-        finally:
-            self.pending.clear()
-            if self.pool is not None:
-                self.pool.shutdown(wait=True, cancel_futures=True)
-                self.pool = None
 
 
 class _EpochWriter:

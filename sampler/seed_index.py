@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import uuid
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,13 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from gnn_ooc.graphstore.atomic import LockedDir, _fsync_dir, remove_stale
+from gnn_ooc.graphstore.atomic import Staging
 from gnn_ooc.graphstore.base import GnnOocError
 from gnn_ooc.graphstore.npyfile import (
     FileEntry,
     NpyWriter,
     file_checksum,
+    write_array,
     write_bytes_entry,
 )
 from gnn_ooc.sampler.sweep import Source, SweepSampler
@@ -51,6 +51,11 @@ FORMAT, VERSION = "gnn-ooc-first-hop", 1
 #: Build only when the seeds' in-edges are at most this share of the topology's: reading the
 #: index must cost much less than a sweep, and its disk space stays small.
 MAX_SHARE = 0.125
+
+
+def worth_building(seeds: int, num_nodes: int, max_share: float = MAX_SHARE) -> bool:
+    """Whether ``seeds`` seed nodes are few enough for an index (their edges are checked when built)."""
+    return seeds <= max_share * num_nodes
 
 
 class SeedIndex(Source):
@@ -89,49 +94,32 @@ class SeedIndex(Source):
         got = cls._open(path, digest, staging)
         if got is not None:
             return got, "read from its index"
-        if nodes.shape[0] > max_share * sweep.num_nodes:
+        if not worth_building(nodes.shape[0], sweep.num_nodes, max_share):
             return None, f"swept over the topology (the seeds are more than {max_share:.1%} of the nodes: no index)"
-        try:
-            remove_stale(path.parent, f".{path.name}.partial-", "gnn-ooc sample")  # killed builds
-        except GnnOocError:  # another planner of this plan is building it now: it only saves time
-            return None, "swept over the topology (another planner is building the seeds' index)"
-        for old in path.parent.glob(f".{path.name}.old-*"):  # killed while replacing a stale one
-            shutil.rmtree(old, ignore_errors=True)
-        start, end = sweep.offsets(nodes)
-        edges = int((end - start).sum())
-        if edges > max_share * sweep.num_edges:
-            return None, (f"swept over the topology (the seeds' {edges:,} in-edges are more than "
-                          f"{max_share:.1%} of the graph's: no index)")
-        try:
-            cls._build(path, sweep, nodes, start, end, edges, digest, staging)
-        except OSError as e:  # a full disk, or another planner published first
-            index = cls._open(path, digest, staging)
-            if index is not None:
-                return index, "read from its index (built by another planner)"
-            return None, f"swept over the topology (the seeds' index could not be written: {e})"
+        if path.exists() and not (path / INDEX_JSON).is_file():  # not an index gnn-ooc wrote: left alone
+            return None, f"swept over the topology ({path} is not a seeds' index: left as it is)"
+        with ExitStack() as stack:
+            try:  # a folder of our plan with a name of ours: replaced whole (Staging, kind None)
+                stage = stack.enter_context(Staging(path, what="gnn-ooc sample"))
+            except GnnOocError:  # another planner of this plan is building it now: it only saves time
+                return None, "swept over the topology (another planner is building the seeds' index)"
+            start, end = sweep.offsets(nodes)
+            edges = int((end - start).sum())
+            if edges > max_share * sweep.num_edges:
+                return None, (f"swept over the topology (the seeds' {edges:,} in-edges are more than "
+                              f"{max_share:.1%} of the graph's: no index)")
+            try:
+                _write(stage.path, sweep, nodes, start, end, edges, digest, staging)
+                stage.publish()
+            except OSError as e:  # a full disk, or another planner published first
+                index = cls._open(path, digest, staging)
+                if index is not None:
+                    return index, "read from its index (built by another planner)"
+                return None, f"swept over the topology (the seeds' index could not be written: {e})"
         index = cls._open(path, digest, staging)
         if index is None:  # replaced by another planner between publishing and opening
             return None, "swept over the topology (the seeds' index changed while it was opened)"
         return index, f"read from an index of the seeds' {edges:,} in-edges (built now, one sweep)"
-
-    @staticmethod
-    def _build(path: Path, sweep: SweepSampler, nodes: np.ndarray, start: np.ndarray, end: np.ndarray, edges: int,
-               digest: str, staging: int) -> None:
-        """Write the index in a locked partial folder beside ``path`` and publish it there."""
-        stage = LockedDir(path.parent / f".{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
-            _write(stage.path, sweep, nodes, start, end, edges, digest, staging)
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            if path.exists():
-                os.rename(path, old)  # a damaged or stale index of ours (inside our plan folder)
-            os.rename(stage.path, path)
-            _fsync_dir(path.parent)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(stage.path, ignore_errors=True)
-            raise
-        finally:
-            stage.release()
 
     @classmethod
     def _open(cls, path: Path, digest: str, block: int = 8 << 20) -> SeedIndex | None:
@@ -172,9 +160,9 @@ def _write(out: Path, sweep: SweepSampler, nodes: np.ndarray, start: np.ndarray,
     local = np.zeros(nodes.shape[0] + 1, np.int64)
     np.cumsum(deg, out=local[1:])
     entries: dict[str, FileEntry] = {
-        "nodes": _write_whole(out / "nodes.npy", nodes, out, staging),
-        "indptr": _write_whole(out / "indptr.npy", local, out, staging),
-        "starts": _write_whole(out / "starts.npy", start, out, staging),
+        "nodes": write_array(out / "nodes.npy", nodes, root=out, staging=staging),
+        "indptr": write_array(out / "indptr.npy", local, root=out, staging=staging),
+        "starts": write_array(out / "starts.npy", start, root=out, staging=staging),
     }
     del local
     weighted = sweep.weights is not None
@@ -198,13 +186,6 @@ def _write(out: Path, sweep: SweepSampler, nodes: np.ndarray, start: np.ndarray,
             "files": {k: asdict(v) for k, v in entries.items()}}
     write_bytes_entry(out / INDEX_JSON, out, json.dumps(meta, indent=2).encode())
     sweep.stats.sweeps += 1
-
-
-def _write_whole(path: Path, array: np.ndarray, root: Path, staging: int) -> FileEntry:
-    with NpyWriter(path, array.dtype, array.shape, root=root, staging=staging) as w:
-        w.write(array)
-    assert w.entry is not None
-    return w.entry
 
 
 @njit(cache=True, nogil=True)

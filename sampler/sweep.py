@@ -49,6 +49,7 @@ import numpy as np
 from numba import njit, prange
 
 from gnn_ooc.graphstore.base import DiskSpaceError
+from gnn_ooc.graphstore.directio import write_all
 from gnn_ooc.sampler import kernels
 from gnn_ooc.sampler.base import (
     CorruptGraphError,
@@ -397,7 +398,7 @@ def _subgroups(bound: np.ndarray, order: np.ndarray, entry_off: np.ndarray, resu
     per_entry[order] = bound
     cum = np.concatenate([[0], np.cumsum(per_entry)])
     per_batch = cum[entry_off[1:]] - cum[entry_off[:-1]]  # empty batches (no frontier left) hold 0
-    cut, used, out = 0, 0, [0]
+    used, out = 0, [0]
     limit = max(1, results_bytes // BYTES_PER_EDGE)
     for b in range(nb):  # per batch, not per item: a few thousand steps at most
         e = int(per_batch[b])
@@ -405,8 +406,6 @@ def _subgroups(bound: np.ndarray, order: np.ndarray, entry_off: np.ndarray, resu
             out.append(b)
             used = 0
         used += e
-        cut = b
-    del cut
     out.append(nb)
     return np.array(out, np.int64)
 
@@ -490,9 +489,7 @@ def _append(path: Path, a: np.ndarray) -> None:
     view = memoryview(np.ascontiguousarray(a)).cast("B")  # type: ignore[arg-type]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        done = 0
-        while done < view.nbytes:
-            done += os.write(fd, view[done:])
+        write_all(lambda data: os.write(fd, data), view)
     finally:
         os.close(fd)
 

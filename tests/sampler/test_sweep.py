@@ -430,3 +430,21 @@ def test_a_second_planner_sweeps_while_the_first_builds_the_index(tmp_path: Path
     logs.clear()
     Planner(ds, sampler, PlanSpec(name="two", **base), progress=logs.append).plan_epoch(1)  # the lock is free now
     assert any("built now" in m for m in logs) and not (planner.path / ".first-hop.partial-4242-feedbeef").exists()
+
+
+def test_a_first_hop_folder_gnn_ooc_did_not_write_is_left_alone(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path)
+    sampler = NeighborSampler(ds, [6, 4])
+    base = dict(batch_size=20, seed=3, split="test", memory_budget=64 << 20, topology="external")
+    logs: list[str] = []
+    planner = Planner(ds, sampler, PlanSpec(name="u", **base), progress=logs.append)
+    mine = planner.path / "first-hop"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    stats = planner.plan_epoch(0)
+    assert stats is not None and any("is not a seeds' index: left as it is" in m for m in logs)
+    assert sorted(os.listdir(mine)) == ["notes.txt"] and (mine / "notes.txt").read_text() == "the user's"
+    mem = Planner(ds, sampler, PlanSpec(name="mem", **{**base, "topology": "memory"}))
+    mem.plan_epoch(0)
+    for f in PLAN_FILES[:5]:
+        assert (mem.path / "epoch-000000" / f).read_bytes() == (planner.path / "epoch-000000" / f).read_bytes(), f
