@@ -361,6 +361,20 @@ def _bad_offsets(indptr: np.ndarray, frontier: np.ndarray, cnt: np.ndarray, num_
     return CorruptGraphError.bad_offsets(indptr, v, int(indptr[v]), int(indptr[v + 1]), num_edges)
 
 
+@njit(cache=True, nogil=True)
+def count_nodes(counts: np.ndarray, nodes: np.ndarray) -> int:
+    """``counts[nodes] += 1`` for distinct ``nodes``, without the GIL (numpy's took 0.65 s of an
+    epoch's 1.1 s of writing on the 1 B-edge graph); returns the index of the first node outside
+    ``counts`` (nothing counted from there on), else -1."""
+    n = counts.shape[0]
+    for i in range(nodes.shape[0]):
+        v = nodes[i]
+        if v < 0 or v >= n:
+            return i
+        counts[v] += 1
+    return -1
+
+
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, np.int64)
 

@@ -59,6 +59,7 @@ from gnn_ooc.graphstore.owned import PLAN, check_name
 from gnn_ooc.memory import allocator_slack
 from gnn_ooc.progress import bar
 from gnn_ooc.sampler.base import SampledSubgraph, SampleKey, Sampler
+from gnn_ooc.sampler.kernels import count_nodes
 from gnn_ooc.units import format_size
 
 PLAN_FORMAT = "gnn-ooc-plan"
@@ -750,6 +751,11 @@ class _EpochWriter:
     def add(self, sub: SampledSubgraph) -> None:
         if sub.num_layers != self.layers:
             raise PlanError(f"the sampler returned {sub.num_layers} hops, the plan has {self.layers}")
+        if self.counts is not None:
+            bad = count_nodes(self.counts, sub.node)  # node ids are unique within a batch
+            if bad >= 0:
+                raise PlanError(f"the sampler returned node id {int(sub.node[bad])}, outside the graph's "
+                                f"{self.n} nodes: fix the sampler")
         expanded = sub.num_nodes - sub.num_sampled_nodes[-1]
         row, edge = sub.row, sub.edge
         if sub.num_edges and np.any(np.diff(sub.col) < 0):
@@ -762,8 +768,6 @@ class _EpochWriter:
         self.fanin.write(fanin)
         if self.edges is not None:
             self.edges.write(edge if edge is not None else np.full(sub.num_edges, -1, np.int64))
-        if self.counts is not None:
-            self.counts[sub.node] += 1  # node ids are unique within a batch
         self.at += (sub.num_nodes, sub.num_edges, expanded)
         self.index.append(np.concatenate([self.at, sub.num_sampled_nodes, sub.num_sampled_edges]))
 

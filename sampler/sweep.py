@@ -5,21 +5,23 @@ topology is larger than the page cache, every read is a disk seek (0.2 M sampled
 ``SweepSampler`` samples a *group* of batches hop by hop instead: it gathers the frontier of
 every batch in the group, sorts it by node id, reads the ``indptr`` entries and the
 ``indices`` (and weights) ranges it needs in ascending order with large reads (a gap of less
-than ``gap_bytes`` is read through rather than sought over), draws every node's neighbours in
-the window that holds them, and puts the draws back in each batch's order. One hop of a group
-costs at most one sequential pass over the topology.
+than ``gap_bytes`` is read through rather than sought over), and draws every node's neighbours in
+the window that holds them, writing them straight to their places in batch order. One hop of a
+group costs at most one sequential pass over the topology.
 
 The draws are the in-memory kernels' own (``kernels``: every random number is a function of the
 batch key, the node and the draw index, so the order nodes are visited in does not matter) and
 each batch is relabelled by the same code (``kernels.Layers``): a group's batches are the same
 bytes as ``NeighborSampler.sample`` gives one by one, uniform, weighted and ``-1`` alike.
 
-A group's hops are swept whole (its frontier entries, sorted, are in memory), then its draws are
-put back in batch order a *sub-group* at a time; when a hop's draws are more than
-``results_bytes``, the sweep spills them by sub-group to scratch files and reads each back once.
-Memory: per batch of the group, its earlier hops and its last frontier (``bytes_per_batch``);
-one sub-group's draws (``results_bytes``); two read windows and one window's draws
-(``fixed_bytes``). A node whose in-edges alone are larger than a window gets one of its own size.
+A group's hops are swept whole (its frontier entries, sorted, are in memory). When a hop's draws
+fit ``results_bytes`` written in place (``IN_PLACE_PER_EDGE``), each entry's room in batch order
+is reserved by its bound and the sweep writes there: nothing is put back afterwards (before:
+1.8 s of a 1 B-edge epoch's 8). Else the sweep spills them by *sub-group* to scratch files, each
+read back once and put back in batch order. Memory: per batch of the group, its earlier hops and
+its last frontier (``bytes_per_batch``); a hop's draws in place, or one sub-group's put back
+(``results_bytes``); two read windows and one window's draws (``fixed_bytes``). A node whose
+in-edges alone are larger than a window gets one of its own size.
 
 Example:
     >>> import numpy as np
@@ -49,7 +51,7 @@ import numpy as np
 from numba import njit, prange
 
 from gnn_ooc.graphstore.base import DiskSpaceError
-from gnn_ooc.graphstore.directio import write_all
+from gnn_ooc.graphstore.directio import PAGE, open_read, write_all
 from gnn_ooc.sampler import kernels
 from gnn_ooc.sampler.base import (
     CorruptGraphError,
@@ -61,9 +63,13 @@ from gnn_ooc.sampler.base import (
 )
 from gnn_ooc.units import format_size
 
-#: Bytes per draw while a sub-group's hop is put back in order and relabelled (the bucket, its
-#: batch-order copy, rows, cols, edge ids, the emitted batch's copies).
+#: Bytes per draw while a spilled sub-group's hop is put back in order and relabelled (the
+#: bucket, its batch-order copy, rows, cols, edge ids, the emitted batch's copies); a batch's
+#: draws being relabelled and written count at this rate too.
 BYTES_PER_EDGE = 80
+#: Bytes per draw and per frontier entry when a hop's draws are written straight to their places
+#: in batch order (positions, neighbours; each entry's bound, room, place and count).
+IN_PLACE_PER_EDGE, IN_PLACE_PER_ENTRY = 16, 32
 #: Bytes per frontier entry while a hop is swept (node, order, batch, offsets, bound, and the
 #: temporaries of finding the windows).
 BYTES_PER_ENTRY = 72
@@ -80,8 +86,9 @@ WINDOW_BYTES = 32 << 20
 SWEEP_OVERHEAD = 1 << 20
 #: Concurrent reads per window, each at least ``PIECE_BYTES``. One: under a memory cap that
 #: includes the page cache, one buffered stream read 0.99 GB/s here, two 0.98, four 0.63-0.74
-#: (reclaiming the cache is the limit), O_DIRECT 0.61-0.79; one stream that drops what it read
-#: (``POSIX_FADV_DONTNEED``) 1.3-1.6 GB/s.
+#: (reclaiming the cache is the limit); one stream that drops what it read (``POSIX_FADV_DONTNEED``)
+#: 1.87 GB/s alone, O_DIRECT 1.68 (two streams 1.59, four 1.07) but at half the system time (0.39
+#: vs 0.81 s for 4 GB), so a sweep beside its kernels took 0.45 s less of a 7.2 s epoch direct.
 READ_STREAMS, PIECE_BYTES = 1, 4 << 20
 
 
@@ -117,20 +124,55 @@ class Source:
 
 class RangeReader:
     """Reads ranges ``[lo, hi)`` of a 1-D array: with ``pread`` from its ``.npy`` file when the array
-    is a memory map of one (no page-cache mapping grows with the graph), else by slicing."""
+    is a memory map of one (no page-cache mapping grows with the graph), else by slicing. With
+    ``drop`` (the pages would be gone before the next sweep reads them), reads bypass the page
+    cache (O_DIRECT, aligned) where the filesystem allows, else drop what was read from it."""
 
     def __init__(self, arr: np.ndarray, *, drop: bool = False) -> None:
         self.arr, self.dtype, self.item = arr, arr.dtype, arr.dtype.itemsize
-        self.drop = drop  # drop what was read from the page cache: under a memory cap, reclaiming it was the limit
+        self.drop = drop
         where = reopenable(arr)
         self.fd: int | None = None
+        self.direct = False
         self.name = getattr(where, "filename", None)
         if self.name is not None:
-            self.fd = os.open(self.name, os.O_RDONLY)
+            self.fd, self.direct = open_read(self.name, direct=drop)
             self.base = int(np.load(self.name, mmap_mode="r").offset)
-            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            if not self.direct:
+                os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
-    def read_into(self, out: np.ndarray, lo: int) -> None:
+    def start(self, pool: ThreadPoolExecutor, lo: int, n: int, pieces: int) -> tuple[np.ndarray, list[Future[None]]]:
+        """Begin reading elements ``[lo, lo + n)`` in ``pieces`` concurrent reads of at least
+        ``PIECE_BYTES``: the array they fill and the reads to wait for."""
+        if not self.direct:
+            out = np.empty(n, self.dtype)
+            piece = max(PIECE_BYTES // self.item, -(-n // pieces))
+            return out, [pool.submit(self._read_buffered, out[a : a + piece], lo + a) for a in range(0, n, piece)]
+        first = self.base + lo * self.item
+        a0 = first - first % PAGE
+        a1 = -(-(first + n * self.item) // PAGE) * PAGE
+        raw = _aligned(a1 - a0)
+        step = max(PIECE_BYTES, -(-(a1 - a0) // pieces // PAGE) * PAGE)
+        end = first + n * self.item
+        futs = [pool.submit(self._read_direct, raw[a : a + step], a0 + a, min(step, end - a0 - a))
+                for a in range(0, a1 - a0, step)]
+        return raw[first - a0 : end - a0].view(self.dtype), futs
+
+    def _read_direct(self, buf: np.ndarray, offset: int, need: int) -> None:
+        """Whole pages into ``buf`` from ``offset``, of which the first ``need`` bytes must exist
+        (the last page may run past the file's end)."""
+        assert self.fd is not None
+        view, done = memoryview(buf), 0  # type: ignore[arg-type]
+        while done < view.nbytes:
+            got = os.preadv(self.fd, [view[done:]], offset + done)
+            done += max(0, got)
+            if got <= 0 or done % PAGE:  # the file's end (a direct read goes on at page offsets only)
+                break
+        if done < need:
+            raise CorruptGraphError(f"{self.name}: ends at byte {offset + done}, expected "
+                                    f"{offset + need} (the file is truncated)")
+
+    def _read_buffered(self, out: np.ndarray, lo: int) -> None:
         """Elements ``[lo, lo + len(out))`` into ``out`` (any thread: ``pread`` keeps no position)."""
         if self.fd is None:
             out[:] = self.arr[lo : lo + out.shape[0]]
@@ -149,6 +191,13 @@ class RangeReader:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def _aligned(nbytes: int) -> np.ndarray:
+    """``nbytes`` of uninitialised bytes at a page-aligned address (O_DIRECT's buffers)."""
+    raw = np.empty(nbytes + PAGE, np.uint8)
+    skip = -raw.ctypes.data % PAGE
+    return raw[skip : skip + nbytes]
 
 
 class SweepSampler:
@@ -227,6 +276,7 @@ class SweepSampler:
         for h, fanout in enumerate(self.fanouts):
             frontiers = [lay.frontier() for lay in layers]
             src = self.first_hop if h == 0 and self.first_hop is not None else self.topology
+            # relabelled one batch at a time: two threads took longer (add_hop is GIL-bound in part)
             for b, (cnt, pos, nbr) in self._hop(src, frontiers, ukeys, fanout, results_bytes, scratch):
                 layers[b].add_hop(cnt, pos, nbr, self.indices)
                 if h == last:
@@ -254,8 +304,13 @@ class SweepSampler:
         shift = None if starts is None else np.subtract(starts, start, out=starts)  # index row -> topology offset
         del rows
         subgroups = _subgroups(bound, order, entry_off, results_bytes)
-        with _Buckets(len(subgroups) - 1, scratch, self.indices.dtype) as buckets:
-            self._sweep(src, v, ukeys, bid, start, deg, bound, shift, fanout, order, entry_off[subgroups], buckets)
+        sink: _InPlace | _Buckets
+        if len(subgroups) == 2:  # one sub-group: the draws go straight to their batch-order places
+            sink = _InPlace(bound, order, self.indices.dtype)
+        else:
+            sink = _Buckets(entry_off[subgroups], scratch, self.indices.dtype)
+        with sink:
+            self._sweep(src, v, ukeys, bid, start, deg, bound, shift, fanout, order, sink)
             del v, bid, start, deg, bound, shift
             if src is self.topology:
                 self.stats.sweeps += 1
@@ -263,29 +318,8 @@ class SweepSampler:
                 self.stats.index_passes += 1
             self.stats.entries += int(order.shape[0])
             del order
-            self.stats.spilled_bytes += buckets.bytes_written
-            for s in range(len(subgroups) - 1):
-                b0, b1 = int(subgroups[s]), int(subgroups[s + 1])
-                yield from self._assemble(buckets.load(s), entry_off, b0, b1)
-
-    def _assemble(self, bucket: tuple[np.ndarray, ...], entry_off: np.ndarray, b0: int,
-                  b1: int) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
-        """One sub-group's draws (in node order) back in each batch's frontier order."""
-        orig, cnt, pos, nbr = bucket
-        e0 = int(entry_off[b0])
-        local = orig - e0
-        cnt_o = np.zeros(int(entry_off[b1]) - e0, np.int64)
-        cnt_o[local] = cnt
-        off_o = np.zeros(cnt_o.shape[0] + 1, np.int64)
-        np.cumsum(cnt_o, out=off_o[1:])
-        src = np.zeros(cnt.shape[0] + 1, np.int64)
-        np.cumsum(cnt, out=src[1:])
-        pos_o, nbr_o = np.empty(pos.shape[0], np.int64), np.empty(nbr.shape[0], nbr.dtype)
-        _unsort(local, cnt, src, off_o, pos, nbr, pos_o, nbr_o)
-        del bucket, orig, cnt, pos, nbr, local, src
-        for b in range(b0, b1):
-            lo, hi = int(entry_off[b]) - e0, int(entry_off[b + 1]) - e0
-            yield b, (cnt_o[lo:hi], pos_o[off_o[lo] : off_o[hi]], nbr_o[off_o[lo] : off_o[hi]])
+            self.stats.spilled_bytes += sink.bytes_written
+            yield from sink.batches(entry_off, subgroups)
 
     def offsets(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``indptr[v]`` and ``indptr[v + 1]`` for sorted ``v``, read in ascending windows; checked."""
@@ -320,25 +354,21 @@ class SweepSampler:
 
     def _sweep(self, src: Source, v: np.ndarray, ukeys: np.ndarray, bid: np.ndarray, start: np.ndarray,
                deg: np.ndarray, bound: np.ndarray, shift: np.ndarray | None, fanout: int, order: np.ndarray,
-               cuts: np.ndarray, buckets: _Buckets) -> None:
-        """One ascending pass: each window's draws, split by sub-group into the buckets."""
+               sink: _InPlace | _Buckets) -> None:
+        """One ascending pass: each window's draws, handed to the sink."""
         weighted = self.weights is not None
         # numba's default threading layer is not re-entrant: parallel kernels from the main thread only
         main = threading.current_thread() is threading.main_thread()
         kernel = _window_par if self.parallel and main and kernels.parallel_allowed() else _window_ser
-        empty_w = np.empty(0, np.float32)
+        empty_w, no_shift = np.empty(0, np.float32), np.empty(0, np.int64)
         for (i0, i1, lo, _hi), bufs in self.ranges(src, start, deg, bound):
-            off = np.zeros(i1 - i0 + 1, np.int64)
-            np.cumsum(bound[i0:i1], out=off[1:])
+            off, pos, nbr = sink.targets(i0, i1, bound[i0:i1])
             cnt = np.zeros(i1 - i0, np.int64)
-            pos = np.empty(int(off[-1]), np.int64)
-            nbr = np.empty(pos.shape[0], self.indices.dtype)
+            # an index's positions are shifted to edge ids (positions in the topology)
             kernel(v[i0:i1], ukeys[bid[i0:i1]], start[i0:i1], deg[i0:i1], lo, bufs[0],
-                   bufs[1] if weighted else empty_w, weighted, fanout, off, cnt, pos, nbr)
-            if shift is not None:  # positions in the index -> edge ids (positions in the topology)
-                pos += np.repeat(shift[i0:i1], bound[i0:i1])
-            sub_of = np.searchsorted(cuts, order[i0:i1], "right") - 1  # the entries' sub-groups
-            buckets.add_window(sub_of, order[i0:i1], cnt, off, pos, nbr)
+                   bufs[1] if weighted else empty_w, weighted, fanout, off, cnt, pos, nbr,
+                   no_shift if shift is None else shift[i0:i1], shift is not None)
+            sink.add(order[i0:i1], cnt, off, pos, nbr)
 
     def _windows(self, reader: RangeReader, lo: np.ndarray, hi: np.ndarray, results: np.ndarray,
                  also: list[RangeReader]) -> Iterator[tuple[tuple[int, int, int, int], list[np.ndarray]]]:
@@ -355,12 +385,8 @@ class SweepSampler:
         with ThreadPoolExecutor(READ_STREAMS, thread_name_prefix="gnn-ooc-sweep") as pool:
 
             def start(w: tuple[int, ...]) -> tuple[list[np.ndarray], list[Future[None]]]:
-                n = w[3] - w[2]
-                bufs = [np.empty(n, r.dtype) for r in readers]
-                piece = max(PIECE_BYTES // item, -(-n // READ_STREAMS))
-                futs = [pool.submit(r.read_into, buf[a : a + piece], w[2] + a)
-                        for r, buf in zip(readers, bufs) for a in range(0, n, piece)]
-                return bufs, futs
+                started = [r.start(pool, w[2], w[3] - w[2], READ_STREAMS) for r in readers]
+                return [buf for buf, _ in started], [f for _, futs in started for f in futs]
 
             ahead = start(wins[0])
             for k, w in enumerate(wins):
@@ -390,9 +416,11 @@ class SweepSampler:
 
 
 def _subgroups(bound: np.ndarray, order: np.ndarray, entry_off: np.ndarray, results_bytes: int | None) -> np.ndarray:
-    """Batch boundaries of the sub-groups whose draws (``bound`` per sorted entry) fit ``results_bytes``."""
+    """Batch boundaries of the sub-groups whose draws (``bound`` per sorted entry) fit ``results_bytes``:
+    one when the hop's draws fit written in place, else as many as spilling them takes."""
     nb = entry_off.shape[0] - 1
-    if results_bytes is None:
+    in_place = IN_PLACE_PER_EDGE * int(bound.sum()) + IN_PLACE_PER_ENTRY * bound.shape[0]
+    if results_bytes is None or in_place <= results_bytes:
         return np.array([0, nb], np.int64)
     per_entry = np.empty_like(bound)
     per_entry[order] = bound
@@ -410,32 +438,74 @@ def _subgroups(bound: np.ndarray, order: np.ndarray, entry_off: np.ndarray, resu
     return np.array(out, np.int64)
 
 
-class _Buckets:
-    """One hop's draws by sub-group: in memory when there is one sub-group, else appended to four
-    files per sub-group in ``scratch`` (entries' batch-order index and count, positions,
-    neighbours), read back once and deleted. A full disk is a ``DiskSpaceError`` naming the file."""
+class _InPlace:
+    """One sub-group's draws, written by the sweep straight to their places in batch order: each
+    entry's room is reserved by its bound, so nothing is put back afterwards (a weighted node with
+    fewer positive weights than its bound leaves a gap that ``batches`` closes)."""
 
-    def __init__(self, count: int, scratch: Path | None, node_dtype: np.dtype) -> None:
-        self.count, self.node_dtype = count, node_dtype
-        self.spill = count > 1
-        if self.spill and scratch is None:
-            raise SamplerError(f"{count} sub-groups need a scratch folder to spill to")
-        self.dir = None if not self.spill else Path(scratch) / f"hop-{uuid.uuid4().hex[:8]}"  # type: ignore[arg-type]
-        if self.dir is not None:
-            self.dir.mkdir(parents=True)
-        self.mem: list[list[list[np.ndarray]]] = [[[], [], [], []] for _ in range(count)] if not self.spill else []
+    bytes_written = 0
+
+    def __init__(self, bound: np.ndarray, order: np.ndarray, node_dtype: np.dtype) -> None:
+        self.bound = np.empty_like(bound)
+        self.bound[order] = bound  # per entry in batch order
+        self.off = np.zeros(bound.shape[0] + 1, np.int64)
+        np.cumsum(self.bound, out=self.off[1:])
+        self.dst = self.off[:-1][order]  # each sorted entry's place
+        self.cnt = np.zeros(bound.shape[0], np.int64)
+        self.pos = np.empty(int(self.off[-1]), np.int64)
+        self.nbr = np.empty(self.pos.shape[0], node_dtype)
+
+    def __enter__(self) -> _InPlace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def targets(self, i0: int, i1: int, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where the window of sorted entries ``[i0, i1)`` writes its draws: (offsets, pos, nbr)."""
+        return self.dst[i0:i1], self.pos, self.nbr
+
+    def add(self, orig: np.ndarray, cnt: np.ndarray, off: np.ndarray, pos: np.ndarray, nbr: np.ndarray) -> None:
+        self.cnt[orig] = cnt
+
+    def batches(self, entry_off: np.ndarray, subgroups: np.ndarray) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
+        off = self.off
+        if not np.array_equal(self.cnt, self.bound):
+            off = np.zeros_like(self.off)
+            np.cumsum(self.cnt, out=off[1:])
+            _close_gaps(self.off, off, self.cnt, self.pos, self.nbr)
+        del self.dst, self.bound
+        yield from _by_batch(self.cnt, off, self.pos, self.nbr, entry_off, 0, entry_off.shape[0] - 1)
+
+
+class _Buckets:
+    """One hop's draws by sub-group, appended to four files per sub-group in ``scratch`` (entries'
+    batch-order index and count, positions, neighbours), each read back once, put back in batch
+    order and deleted. A full disk is a ``DiskSpaceError`` naming the file."""
+
+    def __init__(self, cuts: np.ndarray, scratch: Path | None, node_dtype: np.dtype) -> None:
+        self.cuts, self.node_dtype = cuts, node_dtype  # the sub-groups' first entries (batch order)
+        if scratch is None:
+            raise SamplerError(f"{cuts.shape[0] - 1} sub-groups need a scratch folder to spill to")
+        self.dir = Path(scratch) / f"hop-{uuid.uuid4().hex[:8]}"
+        self.dir.mkdir(parents=True)
         self.bytes_written = 0
 
     def __enter__(self) -> _Buckets:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
-    def add_window(self, sub_of: np.ndarray, orig: np.ndarray, cnt: np.ndarray, off: np.ndarray,
-                   pos: np.ndarray, nbr: np.ndarray) -> None:
+    def targets(self, i0: int, i1: int, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Room for a window's draws: (offsets, pos, nbr) of its own."""
+        off = np.zeros(i1 - i0 + 1, np.int64)
+        np.cumsum(bound, out=off[1:])
+        return off, np.empty(int(off[-1]), np.int64), np.empty(int(off[-1]), self.node_dtype)
+
+    def add(self, orig: np.ndarray, cnt: np.ndarray, off: np.ndarray, pos: np.ndarray, nbr: np.ndarray) -> None:
         """One window's draws (entries in node order, ``off`` their bound offsets), by sub-group."""
+        sub_of = np.searchsorted(self.cuts, orig, "right") - 1
         by = np.argsort(sub_of, kind="stable")
         subs, first = np.unique(sub_of[by], return_index=True)
         starts = np.append(first, by.shape[0])
@@ -446,15 +516,9 @@ class _Buckets:
         _compact(by, off, c, dst, pos, nbr, pos_c, nbr_c)
         for k, s in enumerate(subs.tolist()):
             i0, i1 = int(starts[k]), int(starts[k + 1])
-            parts = (orig[by[i0:i1]], c[i0:i1], pos_c[dst[i0] : dst[i1]], nbr_c[dst[i0] : dst[i1]])
-            self._put(s, parts)
+            self._put(s, (orig[by[i0:i1]], c[i0:i1], pos_c[dst[i0] : dst[i1]], nbr_c[dst[i0] : dst[i1]]))
 
     def _put(self, s: int, parts: tuple[np.ndarray, ...]) -> None:
-        if not self.spill:
-            for lst, a in zip(self.mem[s], parts):
-                lst.append(a)
-            return
-        assert self.dir is not None
         for part, a in zip(_PARTS, parts):
             path = self.dir / f"{s}.{part}"
             try:
@@ -470,17 +534,42 @@ class _Buckets:
     def load(self, s: int) -> tuple[np.ndarray, ...]:
         """Sub-group ``s``'s entries and draws, in the order the sweep produced them."""
         dtypes: tuple[Any, ...] = (np.dtype(np.int64), np.dtype(np.int64), np.dtype(np.int64), self.node_dtype)
-        if not self.spill:
-            got = tuple(np.concatenate(lst) if lst else np.empty(0, dt) for lst, dt in zip(self.mem[s], dtypes))
-            self.mem[s] = [[], [], [], []]
-            return got
-        assert self.dir is not None
         paths = [self.dir / f"{s}.{part}" for part in _PARTS]
         out = tuple(np.fromfile(p, dtype=dt) if p.exists() else np.empty(0, dt) for p, dt in zip(paths, dtypes))
         for p in paths:
             if p.exists():
                 os.unlink(p)
         return out
+
+    def batches(self, entry_off: np.ndarray, subgroups: np.ndarray) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
+        for s in range(subgroups.shape[0] - 1):
+            yield from _put_back(self.load(s), entry_off, int(subgroups[s]), int(subgroups[s + 1]))
+
+
+def _put_back(bucket: tuple[np.ndarray, ...], entry_off: np.ndarray, b0: int,
+              b1: int) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
+    """One sub-group's draws (in node order) back in each batch's frontier order."""
+    orig, cnt, pos, nbr = bucket
+    e0 = int(entry_off[b0])
+    local = orig - e0
+    cnt_o = np.zeros(int(entry_off[b1]) - e0, np.int64)
+    cnt_o[local] = cnt
+    off_o = np.zeros(cnt_o.shape[0] + 1, np.int64)
+    np.cumsum(cnt_o, out=off_o[1:])
+    src = np.zeros(cnt.shape[0] + 1, np.int64)
+    np.cumsum(cnt, out=src[1:])
+    pos_o, nbr_o = np.empty(pos.shape[0], np.int64), np.empty(nbr.shape[0], nbr.dtype)
+    _unsort(local, cnt, src, off_o, pos, nbr, pos_o, nbr_o)
+    del bucket, orig, cnt, pos, nbr, local, src
+    yield from _by_batch(cnt_o, off_o, pos_o, nbr_o, entry_off - e0, b0, b1)
+
+
+def _by_batch(cnt: np.ndarray, off: np.ndarray, pos: np.ndarray, nbr: np.ndarray, entry_off: np.ndarray, b0: int,
+              b1: int) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
+    """Batches ``b0..b1``'s slices of draws in batch order (``entry_off`` relative to these arrays)."""
+    for b in range(b0, b1):
+        lo, hi = int(entry_off[b]), int(entry_off[b + 1])
+        yield b, (cnt[lo:hi], pos[off[lo] : off[hi]], nbr[off[lo] : off[hi]])
 
 
 def _append(path: Path, a: np.ndarray) -> None:
@@ -559,7 +648,7 @@ def _plan_windows(lo: np.ndarray, hi: np.ndarray, results: np.ndarray, gap: int,
     return out[:w].copy()  # not a view: the n-row scratch array goes now
 
 
-def _window_impl(v, keys, start, deg, wlo, ibuf, wbuf, weighted, fanout, off, cnt, pos, nbr):
+def _window_impl(v, keys, start, deg, wlo, ibuf, wbuf, weighted, fanout, off, cnt, pos, nbr, shift, shifted):
     for i in prange(v.shape[0]):
         s, d = start[i] - wlo, deg[i]  # the node's range within the window
         avail = kernels._positive(wbuf, s, s + d) if weighted else d
@@ -577,9 +666,10 @@ def _window_impl(v, keys, start, deg, wlo, ibuf, wbuf, weighted, fanout, off, cn
             kernels._uniform_positions(kernels.node_key(keys[i], v[i]), d, k, pos, at)
             for j in range(at, at + k):
                 pos[j] += s
+        to = wlo + shift[i] if shifted else wlo
         for j in range(at, at + k):
             nbr[j] = ibuf[pos[j]]
-            pos[j] += wlo
+            pos[j] += to
 
 
 def _compact_impl(by, off, cnt, dst, pos, nbr, pos_c, nbr_c):
@@ -604,3 +694,14 @@ _window_par = njit(parallel=True, cache=True, nogil=True)(kernels._twin(_window_
 _window_ser = njit(cache=True, nogil=True)(kernels._twin(_window_impl, "_window_ser_impl"))
 _compact = njit(cache=True, nogil=True)(_compact_impl)
 _unsort = njit(cache=True, nogil=True)(_unsort_impl)
+
+
+@njit(cache=True, nogil=True)
+def _close_gaps(room: np.ndarray, off: np.ndarray, cnt: np.ndarray, pos: np.ndarray, nbr: np.ndarray) -> None:
+    """Move each entry's ``cnt`` draws from ``room[k]`` down to ``off[k]`` (``off <= room``), in place."""
+    for k in range(cnt.shape[0]):
+        a, b = room[k], off[k]
+        if a != b:
+            for j in range(cnt[k]):
+                pos[b + j] = pos[a + j]
+                nbr[b + j] = nbr[a + j]

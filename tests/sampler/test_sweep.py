@@ -190,8 +190,9 @@ def test_damaged_indices_are_named_on_the_external_path() -> None:
 
 def test_a_planner_killed_mid_group_replans_the_same_bytes(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path, n=20_000, e=400_000)
-    cmd = [sys.executable, "-m", "gnn_ooc.tools.cli", "sample", str(ds.path), "--fanouts", "10,10", "--batch-size",
-           "64", "--topology", "external", "--memory-budget", "10M", "--no-progress"]
+    # all neighbours at the last hop: hubs' draws far over their bound, so the group's draws spill
+    cmd = [sys.executable, "-m", "gnn_ooc.tools.cli", "sample", str(ds.path), "--fanouts", "3,-1", "--batch-size",
+           "64", "--topology", "external", "--memory-budget", "24M", "--no-progress"]
     subprocess.run([*cmd, "--name", "ref", "--topology", "memory"], check=True, capture_output=True)
     proc = subprocess.Popen([*cmd, "--name", "k"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     plan = ds.path / "plans" / "k"
@@ -346,8 +347,8 @@ def test_a_full_scratch_disk_stops_the_plan_cleanly(tmp_path: Path, monkeypatch:
     from gnn_ooc.tools.cli import main
 
     ds = make_dataset(tmp_path, n=20_000, e=400_000)
-    argv = ["sample", str(ds.path), "--fanouts", "10,10", "--batch-size", "64", "--topology", "external",
-            "--memory-budget", "10M", "--no-progress"]
+    argv = ["sample", str(ds.path), "--fanouts", "3,-1", "--batch-size", "64", "--topology", "external",
+            "--memory-budget", "24M", "--no-progress"]  # spills (test_a_planner_killed_mid_group_replans_the_same_bytes)
     assert main([*argv, "--name", "ref", "--topology", "memory"]) == 0
     real, calls = sweep_module._append, [0]
 
@@ -448,3 +449,28 @@ def test_a_first_hop_folder_gnn_ooc_did_not_write_is_left_alone(tmp_path: Path) 
     mem.plan_epoch(0)
     for f in PLAN_FILES[:5]:
         assert (mem.path / "epoch-000000" / f).read_bytes() == (planner.path / "epoch-000000" / f).read_bytes(), f
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_range_reads_direct_or_buffered_equal_the_array(tmp_path: Path, drop: bool) -> None:
+    """Windows at any element offset, the file's last page included (direct reads are whole pages);
+    a truncated file is named, not read as garbage."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gnn_ooc.sampler.sweep import RangeReader
+
+    arr = np.random.default_rng(3).integers(0, 1 << 30, 300_001).astype(np.int32)
+    np.save(tmp_path / "a.npy", arr)
+    reader = RangeReader(np.load(tmp_path / "a.npy", mmap_mode="r"), drop=drop)
+    with ThreadPoolExecutor(2) as pool:
+        for lo, n, pieces in [(0, 1, 1), (5, 1023, 1), (1000, 250_000, 3), (299_000, 1001, 2), (0, 300_001, 4)]:
+            got, futs = reader.start(pool, lo, n, pieces)
+            for f in futs:
+                f.result()
+            assert np.array_equal(got, arr[lo : lo + n]), (lo, n)
+        os.truncate(tmp_path / "a.npy", os.path.getsize(tmp_path / "a.npy") - 4000)
+        got, futs = reader.start(pool, 290_000, 10_001, 1)
+        with pytest.raises(CorruptGraphError, match="a.npy: ends at byte .* truncated"):
+            for f in futs:
+                f.result()
+    reader.close()
