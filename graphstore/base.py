@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -283,7 +284,7 @@ class StoreStats:
                 "read_amplification": self.read_amplification}
 
 
-class FeatureStore:
+class FeatureStore(ABC):
     """Rows of an [N, D] feature matrix gathered by global id into a (preallocated) output tensor.
 
     ``gather`` checks the ids and the output, then calls the one hook ``_gather(ids, out)`` with
@@ -337,8 +338,9 @@ class FeatureStore:
             self.stats.add_hits(self.tier, idx.shape[0])
         return out
 
+    @abstractmethod
     def _gather(self, ids: Any, out: Any) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must implement _gather(ids, out)")
+        """Fill ``out`` ([len(ids), D], this store's dtype and device) with rows ``ids`` (CPU int64, in range)."""
 
     def _gather_at(self, ids: Any, out: Any, at: Any) -> None:
         """``gather_at``'s hook; by default a gather then a scatter (stores that can place rows
@@ -371,7 +373,7 @@ class FeatureStore:
                              expected=f"{self.dtype}{(n, self.dim)}")
         return out
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook
         """Release files and buffers (a no-op for stores that hold none)."""
 
     def __enter__(self) -> FeatureStore:

@@ -442,7 +442,10 @@ class Sampler(ABC):
     """Base of every sampler: ``sample`` validates, then calls the one hook ``_sample``.
 
     Subclasses implement ``_sample(seeds, key)`` returning a ``SampledSubgraph`` (see the module
-    example), and may override ``settings`` (recorded in plans) and ``state_dict``.
+    example), and may override ``settings`` (recorded in plans) and ``state_dict``. The optional
+    hooks are declared here with defaults that work: ``thread_safe``, ``serial()``,
+    ``max_edges(batch_size, mean_degree)`` and ``sweeper(window_bytes=...)``.
+    ``gnn_ooc.testing.check_sampler`` checks a sampler against this contract.
     """
 
     #: Whether ``sample`` runs the full O(E) ``validate`` on every output (on for user samplers).
@@ -478,6 +481,19 @@ class Sampler(ABC):
         """JSON-able settings that determine the samples (a plan refuses a sampler whose settings differ)."""
         cls = type(self)
         return {"sampler": f"{cls.__module__}.{cls.__qualname__}"}
+
+    def serial(self) -> Sampler:
+        """Optional hook: the sampler to call from each of several threads sampling batches at once
+        (the planner's, a DataLoader's workers). Default: this sampler. ``NeighborSampler`` returns
+        a copy whose kernels run single-threaded (its parallel kernels would fight each other)."""
+        return self
+
+    def max_edges(self, batch_size: int, mean_degree: float) -> int | None:
+        """Optional hook: a bound on one batch's sampled edges, which sizes planning's memory.
+        None (the default): the fan-outs' bound when ``settings()`` has ``fanouts``, else
+        ``batch_size * mean_degree`` per layer."""
+        del batch_size, mean_degree
+        return None
 
     def sweeper(self, *, window_bytes: int) -> Any | None:
         """Optional hook: an object whose ``sample_group(seeds_list, keys)`` samples several batches

@@ -249,8 +249,7 @@ class _AdapterCore:
         if get_worker_info() is None:
             return self.sampler
         if self._worker_sampler is None:
-            serial = getattr(self.sampler, "serial", None)
-            self._worker_sampler = serial() if callable(serial) else self.sampler
+            self._worker_sampler = self.sampler.serial()
         return self._worker_sampler
 
     def sample_from_edges(self, index: Any, neg_sampling: Any = None) -> Any:

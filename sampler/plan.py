@@ -445,9 +445,8 @@ class Planner:
         self.sampler.sample(self.seeds[:1], SampleKey(self.spec.seed, 0, 0))
         if self.sweep is not None:
             list(self.sweep.sample_group([self.seeds[:1]], [SampleKey(self.spec.seed, 0, 0)]))
-        serial = getattr(self.sampler, "serial", None)
-        if self.threads > 1 and callable(serial):
-            serial().sample(self.seeds[:1], SampleKey(self.spec.seed, 0, 0))
+        if self.threads > 1:
+            self.sampler.serial().sample(self.seeds[:1], SampleKey(self.spec.seed, 0, 0))
 
     @property
     def num_batches(self) -> int:
@@ -507,8 +506,7 @@ class Planner:
         mean = max(1.0, self.ds.num_edges / max(1, self.ds.num_nodes))
         fanouts = self.sampler.settings().get("fanouts")
         if fanouts is None:
-            hook = getattr(self.sampler, "max_edges", None)
-            bound = hook(self.spec.batch_size, mean) if callable(hook) else None
+            bound = self.sampler.max_edges(self.spec.batch_size, mean)
             if bound is None:
                 bound = self.spec.batch_size * mean * (self.sampler.num_layers or 1)
             return int(min(bound, self.ds.num_edges))
@@ -645,8 +643,7 @@ class Planner:
         order = epoch_order(self.seeds, self.spec.seed, epoch)
         bs, nb = self.spec.batch_size, self.num_batches
         threads = self.threads
-        serial = getattr(self.sampler, "serial", None)
-        sampler = serial() if threads > 1 and callable(serial) else self.sampler
+        sampler = self.sampler.serial() if threads > 1 else self.sampler
 
         def one(b: int) -> tuple[SampledSubgraph, float]:
             t = time.perf_counter()

@@ -26,13 +26,27 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from gnn_ooc.graphstore.base import GnnOocError
 from gnn_ooc.sampler.base import SampledSubgraph
+
+
+class EpochSource(Protocol):
+    """Where an offline training source's epochs come from (``run.OfflineEpochs``, the evaluation's
+    ``run.FixedEpoch``, or any object with these three methods)."""
+
+    def wait(self, epoch: int) -> Any:
+        """Epoch ``epoch``'s plan (``EpochPlan``: ``len``, ``batch(b)``), once it is ready."""
+
+    def release(self, epoch: int) -> None:
+        """Training is done with ``epoch``: its files may go."""
+
+    def packed(self, epoch: int) -> Any:
+        """Its ``PackedEpoch`` (packed feature segments), or None when nothing is packed."""
 
 
 class TrainerError(GnnOocError, ValueError):

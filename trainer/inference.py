@@ -55,7 +55,8 @@ _FLOAT = 4
 
 def embed(run: str | os.PathLike[str], out: str | os.PathLike[str], *, chunk_nodes: int | None = None,
           memory_budget: int | None = None, device: str = "auto", layer_outputs: bool = False,
-          checkpoint: str | os.PathLike[str] | None = None, say: Say = print, bars: bool = False) -> dict[str, Any]:
+          checkpoint: str | os.PathLike[str] | None = None, say: Say = print, bars: bool = False,
+          model: torch.nn.Module | None = None) -> dict[str, Any]:
     """Embeddings, logits and predictions of every node of ``run``'s dataset, written to ``out``.
 
     ``chunk_nodes`` caps destinations per chunk (default: what ``memory_budget`` allows; the
@@ -71,18 +72,18 @@ def embed(run: str | os.PathLike[str], out: str | os.PathLike[str], *, chunk_nod
     """
     t0 = time.perf_counter()
     dev = resolve_device(device)
-    cfg, ds, model, ckpt, state = load_run_model(Path(run), checkpoint, dev)
+    cfg, ds, net, ckpt, state = load_run_model(Path(run), checkpoint, dev, model)
     check_output(Path(out), EMBEDDING, protect=[Path(run), ds.path])  # before any work
     check_dataset(ds, features=True)  # every byte inference reads, checked before the first chunk
     budget = int(memory_budget if memory_budget is not None else cfg.memory_budget)
     if chunk_nodes is not None and chunk_nodes < 1:
         raise ConfigError(f"chunk_nodes must be >= 1, got {chunk_nodes}")
-    degree = source_degrees(ds.indptr, ds.indices, budget // 4) if _needs_source_degrees(model) else None
-    say(f"embedding {ds.num_nodes:,} nodes of {ds.path} with {ckpt} ({model.num_layers} layers) on {dev}")
+    degree = source_degrees(ds.indptr, ds.indices, budget // 4) if _needs_source_degrees(net) else None
+    say(f"embedding {ds.num_nodes:,} nodes of {ds.path} with {ckpt} ({net.num_layers} layers) on {dev}")
     # replaces only an embedding folder (embed.json); never the run, the dataset or a folder above them
     with Staging(Path(out), what="gnn-ooc embed", kind=EMBEDDING, protect=[Path(run), ds.path]) as stage:
-        layers = _all_layers(model, ds, stage.path, degree, budget, chunk_nodes, layer_outputs, say, bars)
-        outputs = _finish(stage.path, model.num_layers, layer_outputs)
+        layers = _all_layers(net, ds, stage.path, degree, budget, chunk_nodes, layer_outputs, say, bars)
+        outputs = _finish(stage.path, net.num_layers, layer_outputs)
         summary = _summary(run, ckpt, state, ds, budget, chunk_nodes, dev, layers, outputs, t0)
         (stage.path / "embed.json").write_text(json.dumps(summary, indent=2) + "\n")
         stage.publish()
@@ -91,9 +92,10 @@ def embed(run: str | os.PathLike[str], out: str | os.PathLike[str], *, chunk_nod
 
 
 # --- the run's model ------------------------------------------------------------------------------
-def load_run_model(run: Path, checkpoint: str | os.PathLike[str] | None,
-                   device: torch.device) -> tuple[TrainConfig, Dataset, BlockModel, Path, dict[str, Any]]:
-    """The run's config, dataset and model (weights of ``checkpoint``: best, last or a path), in eval mode.
+def load_run_model(run: Path, checkpoint: str | os.PathLike[str] | None, device: torch.device,
+                   model: torch.nn.Module | None = None) -> tuple[TrainConfig, Dataset, BlockModel, Path, dict[str, Any]]:
+    """The run's config, dataset and model (weights of ``checkpoint``: best, last or a path), in eval
+    mode; a run trained with a model of its own needs that ``model`` (a ``BlockModel``) again.
 
     Example:
         >>> cfg, ds, model, path, state = load_run_model(Path("runs/sage"), None, torch.device("cpu"))  # doctest: +SKIP
@@ -105,7 +107,14 @@ def load_run_model(run: Path, checkpoint: str | os.PathLike[str] | None,
     state = load_checkpoint(ckpt)
     ds = Dataset.open(cfg.dataset)
     RunFolder.check_dataset(run, ds.path, ds.identity())
-    model, _, _ = build_model(cfg, ds, device)
+    own = (RunFolder.recorded(run).get("parts") or {}).get("model")
+    if (own is None) != (model is None):
+        raise ConfigError(f"{run}: was trained with {'model ' + own if own else 'the built-in ' + cfg.model}; "
+                          + ("pass that model to gnn_ooc.trainer.inference.embed(..., model=...)" if own
+                             else "leave model out"))
+    if model is not None and f"{type(model).__module__}.{type(model).__qualname__}" != own:
+        raise ConfigError(f"{run}: was trained with model {own}, not {type(model).__qualname__}")
+    model, _, _ = build_model(cfg, ds, device, model)
     if not isinstance(model, BlockModel):
         raise TrainerError(f"{type(model).__name__} is not a BlockModel; layer-wise inference needs layer(i, ...)")
     try:

@@ -51,7 +51,7 @@ from gnn_ooc.graphstore.tiering import (
 )
 from gnn_ooc.memory import MemoryMeter, release_free_memory
 from gnn_ooc.sampler.background import BackgroundPlanner
-from gnn_ooc.sampler.base import SampleKey
+from gnn_ooc.sampler.base import SampleKey, Sampler
 from gnn_ooc.sampler.neighbor import NeighborSampler
 from gnn_ooc.sampler.plan import Plan, Planner, PlanSpec
 from gnn_ooc.trainer.budget import Shares, measure_step, probe_batch
@@ -60,6 +60,7 @@ from gnn_ooc.trainer.config import ConfigError, TrainConfig, resolve_device, sav
 from gnn_ooc.trainer.distributed import detect_env, init, on_rank0, shutdown
 from gnn_ooc.trainer.loop import LoopSettings, Trainer
 from gnn_ooc.trainer.models import make_model
+from gnn_ooc.trainer.parts import Parts, PartsError, check_model, check_same
 from gnn_ooc.trainer.runfolder import RunFolder, mark_owner
 from gnn_ooc.trainer.sources import BatchSource, OfflineSource, SampledSource
 from gnn_ooc.units import format_size, parse_size_or_multiple
@@ -83,19 +84,31 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 def train(cfg: TrainConfig, *, say: Say = print, rank: int | None = None,
-          world: int | None = None) -> dict[str, Any]:
-    """Train from scratch into ``cfg.out`` (created; an existing run there must be resumed instead).
+          world: int | None = None, parts: Parts | None = None) -> dict[str, Any]:
+    """Train from scratch into ``cfg.out`` (created; an existing run there must be resumed instead),
+    with the user's own ``parts`` where given (``trainer.parts``; ``gnn_ooc.train`` is the way in).
 
     Without ``rank``/``world`` a torchrun or srun environment (``distributed.detect_env``) makes
     this one of several DDP processes: the process group lives for this call, and only rank 0
     creates the run folder (and holds its lock), logs and writes files.
     """
+    parts = parts or Parts()
+    _check_parts(cfg, parts)
     with _processes(cfg, rank, world) as (rank, world):
         # rank 0's folder for everyone: each rank's own default (a timestamp) may differ by a second
         cfg = on_rank0(lambda: absolute_paths(cfg), rank, world)
         with _held(rank, world) as held:
-            run = on_rank0(lambda: _create_run(cfg, held), rank, world)
-            return _fit(cfg, run, None, _rank_say(say, rank), rank, world)
+            run = on_rank0(lambda: _create_run(cfg, held, parts), rank, world)
+            return _fit(cfg, run, None, _rank_say(say, rank), rank, world, parts)
+
+
+def _check_parts(cfg: TrainConfig, parts: Parts) -> None:
+    """What can be checked of the user's parts before a run folder exists."""
+    if _mode(cfg) == "offline":
+        parts.check_picklable()
+    if cfg.plan is not None and parts.sampler is not None:
+        raise PartsError("plan: a --plan was made by a built-in sampler; with your own sampler leave plan out "
+                         "(the run plans its own epochs with it)")
 
 
 @contextlib.contextmanager
@@ -109,18 +122,21 @@ def _held(rank: int, world: int) -> Iterator[list[RunFolder]]:
             folder.release()
 
 
-def _create_run(cfg: TrainConfig, held: list[RunFolder]) -> Path:
+def _create_run(cfg: TrainConfig, held: list[RunFolder], parts: Parts) -> Path:
     run = Path(cfg.out)
     ds = Dataset.open(cfg.dataset)
-    held.append(RunFolder.create(run, dataset_path=ds.path, identity=ds.identity()))
+    held.append(RunFolder.create(run, dataset_path=ds.path, identity=ds.identity(), parts=parts.record()))
     cfg.save(run / "config.yaml" if _has_yaml() else run / "config.json")
     return run
 
 
 def resume(run: Path, overrides: dict[str, Any] | None = None, *, say: Say = print, rank: int | None = None,
-           world: int | None = None, dataset: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+           world: int | None = None, dataset: str | os.PathLike[str] | None = None,
+           parts: Parts | None = None) -> dict[str, Any]:
     """Continue ``run`` from its newest checkpoint; only ``RESUMABLE`` settings may change, and
-    ``dataset`` only to the same dataset moved elsewhere (its identity must be the run's).
+    ``dataset`` only to the same dataset moved elsewhere (its identity must be the run's). A run
+    trained with its own ``parts`` resumes with the same ones (their classes and sampler settings
+    are checked against the run's record).
 
     Every rank reads the config and the checkpoint (rank 0's, saved for all), so the run
     folder must be on a filesystem all of them see.
@@ -134,10 +150,13 @@ def resume(run: Path, overrides: dict[str, Any] | None = None, *, say: Say = pri
     if dataset is not None:
         saved = dataclasses.replace(saved, dataset=str(Path(dataset).absolute()))
     cfg = TrainConfig.resolve(saved.to_dict(), overrides, source=str(cfg_path))
+    parts = parts or Parts()
+    check_same(RunFolder.recorded(run).get("parts"), parts, run)
+    _check_parts(cfg, parts)
     with _processes(cfg, rank, world) as (rank, world), _held(rank, world) as held:
         on_rank0(lambda: _open_run(run, cfg, held), rank, world)
         state = load_checkpoint(latest_checkpoint(run))
-        return _fit(cfg, run, state, _rank_say(say, rank), rank, world)
+        return _fit(cfg, run, state, _rank_say(say, rank), rank, world, parts)
 
 
 def _open_run(run: Path, cfg: TrainConfig, held: list[RunFolder]) -> None:
@@ -182,7 +201,8 @@ def _has_yaml() -> bool:
     return True
 
 
-def _fit(cfg: TrainConfig, run: Path, state: dict[str, Any] | None, say: Say, rank: int, world: int) -> dict[str, Any]:
+def _fit(cfg: TrainConfig, run: Path, state: dict[str, Any] | None, say: Say, rank: int, world: int,
+         parts: Parts) -> dict[str, Any]:
     t0 = time.perf_counter()
     _seed_everything(cfg.seed, cfg.threads)
     device = resolve_device(cfg.device)
@@ -190,14 +210,17 @@ def _fit(cfg: TrainConfig, run: Path, state: dict[str, Any] | None, say: Say, ra
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (distributed.init)
     ds = Dataset.open(cfg.dataset)
     mode = _mode(cfg)
-    checked = _check_data(cfg, ds, mode, say)
-    meter = _start_meter(cfg, ds)
+    parts.check_store(ds.num_nodes, ds.feature_dim)
+    # a user's store holds the features: the dataset's feature file is neither checked nor read
+    checked = _check_data(cfg, ds, mode if parts.store is None else "offline", say)
+    meter = _start_meter(cfg, ds, train_sampler(cfg, ds, parts))
     try:
-        trainer = _train(cfg, ds, mode, run, state, say, rank, world, device, t0, meter)
+        trainer = _train(cfg, ds, mode, run, state, say, rank, world, device, t0, meter, parts)
     finally:
         memory = meter.stop()
     _say_memory(memory, say)
-    summary = {"run": str(run), **_summary(cfg, mode, trainer), "setup_seconds": trainer.setup_seconds,
+    summary = {"run": str(run), **_summary(cfg, mode, trainer, parts), "parts": parts.record(),
+               "setup_seconds": trainer.setup_seconds,
                "kernel_read_bytes": process_read_bytes(), "integrity": checked.as_dict(), "memory": memory}
     if rank == 0:
         atomic_write_bytes(run / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
@@ -205,13 +228,14 @@ def _fit(cfg: TrainConfig, run: Path, state: dict[str, Any] | None, say: Say, ra
 
 
 def _train(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, state: dict[str, Any] | None, say: Say, rank: int,
-           world: int, device: torch.device, t0: float, meter: MemoryMeter) -> Trainer:
+           world: int, device: torch.device, t0: float, meter: MemoryMeter, parts: Parts) -> Trainer:
     """Sources, model and loop of one run; trains, closes the sources, returns the trainer."""
     first_epoch = int(state["loop"]["epoch"]) if state else 0
-    model, optimizer, scheduler = build_model(cfg, ds, device)
-    shares = budget_shares(cfg, ds, mode, model, device)
+    model, optimizer, scheduler = build_model(cfg, ds, device, parts.model)
+    shares = budget_shares(cfg, ds, mode, model, device, train_sampler(cfg, ds, parts), check=parts.model is not None)
     say(f"memory budget {format_size(cfg.memory_budget)}: {shares.describe()}")
-    train_src, evals = build_sources(cfg, ds, mode, run, first_epoch, say, rank, world, meter=meter, shares=shares)
+    train_src, evals = build_sources(cfg, ds, mode, run, first_epoch, say, rank, world, meter=meter, shares=shares,
+                                     parts=parts)
     try:
         if world > 1:
             model = _ddp(model, device)
@@ -225,7 +249,7 @@ def _train(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, state: dict[str,
             trainer.load_state_dict(state)
             say(f"resuming {run} at epoch {trainer.state.epoch}, batch {trainer.state.position} "
                 f"(step {trainer.state.step})")
-        say(f"training {cfg.model} on {ds.path} in {mode} mode on {device}: "
+        say(f"training {_model_name(cfg, parts)} on {ds.path} in {mode} mode on {device}: "
             f"{len(train_src.local_batches(first_epoch))} batches per epoch"
             f"{f' per rank ({world} ranks)' if world > 1 else ''}, pipeline depth {depth}; run {run}")
         # features loaded (memory) or the first epoch planned and packed (offline)
@@ -243,10 +267,9 @@ def _train(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, state: dict[str,
     return trainer
 
 
-def _start_meter(cfg: TrainConfig, ds: Dataset) -> MemoryMeter:
+def _start_meter(cfg: TrainConfig, ds: Dataset, sampler: Sampler) -> MemoryMeter:
     """The run's memory meter, its baseline taken once the libraries and kernels are loaded (a
     one-seed sample, a tiny step) and before any data is: what the budget covers comes after."""
-    sampler = NeighborSampler(ds, list(cfg.fanouts))
     seeds = np.asarray(ds.split("train")[:1], dtype=np.int64)
     if seeds.size:
         sampler.sample(seeds, SampleKey(cfg.seed, 0, 0))
@@ -291,13 +314,17 @@ def _mode(cfg: TrainConfig) -> str:
     return "offline" if cfg.mode == "auto" else cfg.mode
 
 
-def budget_shares(cfg: TrainConfig, ds: Dataset, mode: str, model: torch.nn.Module, device: torch.device) -> Shares:
-    """The budget's shares from the largest probed batch and one measured step on it (``trainer.budget``)."""
-    sampler = NeighborSampler(ds, list(cfg.fanouts))
+def budget_shares(cfg: TrainConfig, ds: Dataset, mode: str, model: torch.nn.Module, device: torch.device,
+                  sampler: Sampler | None = None, *, check: bool = False) -> Shares:
+    """The budget's shares from the largest probed batch and one measured step on it (``trainer.budget``);
+    ``check``: the model is the user's, checked on the probe batch first (``parts.check_model``)."""
+    sampler = sampler or NeighborSampler(ds, list(cfg.fanouts))
     sub = probe_batch(sampler, ds.split("train"), cfg.batch_size, cfg.seed)
     rows = 0 if sub is None else sub.num_nodes
-    step = measure_step(model, sub, ds.feature_dim or 0, torch_dtype(ds.feature_dtype or "float32"), device,
-                        ds.num_classes or 1)
+    dtype = torch_dtype(ds.feature_dtype or "float32")
+    if check:
+        check_model(model, sub, ds.feature_dim or 0, dtype, ds.num_classes or 1, device)
+    step = measure_step(model, sub, ds.feature_dim or 0, dtype, device, ds.num_classes or 1)
     features = ds.manifest.files["features"].size if ds.has("features") else 0
     return Shares.split(cfg.memory_budget, mode, batch_bytes=rows * ds.feature_row_bytes, step_bytes=step,
                         prefetch=cfg.prefetch, feature_bytes=features, gpu_cache=cfg.gpu_cache, cpu_cache=cfg.cpu_cache,
@@ -307,17 +334,19 @@ def budget_shares(cfg: TrainConfig, ds: Dataset, mode: str, model: torch.nn.Modu
 # --- sources -----------------------------------------------------------------------------------------
 def build_sources(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, first_epoch: int, say: Say,
                   rank: int = 0, world: int = 1, *, meter: MemoryMeter | None = None,
-                  shares: Shares | None = None) -> tuple[BatchSource, dict[str, BatchSource]]:
+                  shares: Shares | None = None, parts: Parts | None = None) -> tuple[BatchSource, dict[str, BatchSource]]:
     """The training source of ``mode`` and the evaluation sources (valid, test) over the same store,
-    sized by ``shares`` (default: the budget split for a batch of unknown size)."""
+    sized by ``shares`` (default: the budget split for a batch of unknown size), with the user's
+    sampler and store where ``parts`` has them."""
+    parts = parts or Parts()
     labels = ds.labels
     if labels is None:
         raise DatasetError(f"{ds.path}: the dataset has no labels; node classification needs them "
                            "(preprocess it with --labels)")
     shares = shares or Shares.split(cfg.memory_budget, mode, batch_bytes=0, step_bytes=0, prefetch=cfg.prefetch,
                                     gpu_cache=cfg.gpu_cache, cpu_cache=cfg.cpu_cache)
-    sampler = NeighborSampler(ds, list(cfg.fanouts))
-    eval_sampler = NeighborSampler(ds, list(cfg.eval_fanouts or cfg.fanouts))
+    sampler = train_sampler(cfg, ds, parts)
+    eval_sampler = parts.evaluation_sampler() or NeighborSampler(ds, list(cfg.eval_fanouts or cfg.fanouts))
     device = resolve_device(cfg.device)
     # under CUDA: page-locked batches (asynchronous copies), and the device cache in GPU memory,
     # its rows gathered there after each copy
@@ -325,9 +354,9 @@ def build_sources(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, first_epo
     splits = [s for s in ("valid", "test") if ds.has(f"split/{s}") and ds.split(s).size]
     if mode == "offline":
         train_src, evals = _offline(cfg, ds, sampler, eval_sampler, splits, run, first_epoch, labels, say, rank,
-                                    world, device, shares, meter)
+                                    world, device, shares, meter, parts.store)
     else:
-        store = _sampled_store(cfg, ds, mode, device, shares)
+        store = parts.store or _sampled_store(cfg, ds, mode, device, shares)
         train_src = SampledSource(ds.split("train"), labels, sampler, store, batch_size=cfg.batch_size,
                                   seed=cfg.seed, mode=mode, rank=rank, world=world, pin=pin, defer_device=pin)
         evals = {split: SampledSource(ds.split(split), labels, eval_sampler, store,
@@ -372,12 +401,13 @@ class OfflineEpochs:
     """Epochs of a run's plan: the first planned and packed here, the rest in a background process
     (planned and packed while the previous epoch trains), at most ``keep_epochs`` on disk."""
 
-    def __init__(self, ds: Dataset, sampler: NeighborSampler, plan_spec: PlanSpec, pack_spec: PackSpec,
-                 placement: Callable[[Any], Placement], epochs: range, keep_epochs: int, say: Say,
+    def __init__(self, ds: Dataset, sampler: Sampler, plan_spec: PlanSpec, pack_spec: PackSpec,
+                 placement: Callable[[Any], Placement] | None, epochs: range, keep_epochs: int, say: Say,
                  segment_limit: int = 0, *, bars: bool = False, shared: bool = False, auto_segments: bool = False,
                  on_ready: Callable[[int, int], None] | None = None) -> None:
         """``shared``: the plan is the user's (``--plan``): the epochs on it now are kept after use;
-        ``auto_segments``: ``pack_spec.segment_batches`` is fitted to ``segment_limit``."""
+        ``auto_segments``: ``pack_spec.segment_batches`` is fitted to ``segment_limit``; no
+        ``placement``: nothing is packed (the features come from a user's store)."""
         planner = Planner(ds, sampler, plan_spec, progress=say, bars=bars)
         self.kept = set(planner.plan.epochs()) if shared else set()  # never ours to delete
         self.first = epochs.start
@@ -385,6 +415,11 @@ class OfflineEpochs:
         planner.plan_epoch(self.first)
         self.plan = planner.plan
         self.pack_spec = pack_spec
+        self.background: BackgroundPlanner | None = None
+        self.placement: Placement | None = None
+        if placement is None:
+            self._later: tuple[Any, ...] = (ds, sampler, plan_spec, list(epochs)[1:], max(2, keep_epochs), on_ready)
+            return
         if auto_segments:
             self.pack_spec = dataclasses.replace(pack_spec, segment_batches=fit_segment_batches(
                 self.plan.epoch(self.first), ds.feature_row_bytes, segment_limit))
@@ -396,7 +431,6 @@ class OfflineEpochs:
                            progress=say, features_checksum=entry.checksum, bars=bars)
         if stats.passes == 0:  # nothing to pack (all cached, or kept from before): check the rows now
             verify_entry(ds.path, entry, direct=True)
-        self.background: BackgroundPlanner | None = None
         self._later = (ds, sampler, plan_spec, list(epochs)[1:], max(2, keep_epochs), on_ready)
 
     def start_background(self) -> None:
@@ -406,9 +440,10 @@ class OfflineEpochs:
         if rest and self.background is None:
             # the first epoch is one of the kept ones: while it trains the child packs the next, and
             # the one after as soon as it is released (the child once waited for the next's release)
-            self.background = BackgroundPlanner(ds, sampler, plan_spec, rest, keep_epochs=keep,
-                                                pack=(self.pack_spec, self.placement.cached), nice=BACKGROUND_NICE,
-                                                held=1, kept=self.kept, on_ready=on_ready).__enter__()
+            pack = None if self.placement is None else (self.pack_spec, self.placement.cached)
+            self.background = BackgroundPlanner(ds, sampler, plan_spec, rest, keep_epochs=keep, pack=pack,
+                                                nice=BACKGROUND_NICE, held=1, kept=self.kept,
+                                                on_ready=on_ready).__enter__()
 
     def wait(self, epoch: int) -> Any:
         if epoch == self.first:
@@ -431,10 +466,10 @@ class OfflineEpochs:
         elif self.background is not None:
             self.background.release(epoch)
 
-    def packed(self, epoch: int) -> PackedEpoch:
+    def packed(self, epoch: int) -> PackedEpoch | None:
         # every epoch is packed before it is handed out: a missing, foreign or damaged pack is an
         # error to report, not a reason to fall back to slow random reads unnoticed
-        return PackedEpoch(self.plan, epoch, self.pack_spec.name)
+        return None if self.placement is None else PackedEpoch(self.plan, epoch, self.pack_spec.name)
 
     def close(self) -> None:
         if self.background is not None:
@@ -452,13 +487,14 @@ class OfflineEpochs:
             remove_dir(self.plan.path, self.plan.path.parent)
 
 
-def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, eval_sampler: NeighborSampler,
+def _offline(cfg: TrainConfig, ds: Dataset, sampler: Sampler, eval_sampler: Sampler,
              splits: list[str], run: Path, first_epoch: int, labels: np.ndarray, say: Say, rank: int, world: int,
-             device: torch.device, shares: Shares, meter: MemoryMeter | None = None
-             ) -> tuple[OfflineSource, dict[str, BatchSource]]:
+             device: torch.device, shares: Shares, meter: MemoryMeter | None = None,
+             user_store: FeatureStore | None = None) -> tuple[OfflineSource, dict[str, BatchSource]]:
     """Offline mode: epoch ``first_epoch`` planned and packed here, the evaluation batches too (before
     the caches fill, so setup peaks at one planning share), then the caches, then the background
-    planner for the next epochs."""
+    planner for the next epochs. With a ``user_store`` the epochs are planned ahead the same way,
+    but nothing is packed or cached: every row is gathered from that store."""
     plan_name = cfg.plan or "run-" + hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:12]
     if cfg.plan is not None and world > 1:
         raise ConfigError("plan: a shared plan under DDP is not supported yet (each rank plans its own); "
@@ -482,7 +518,8 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, eval_sampl
 
     if cfg.plan is not None:
         check_plan_fits(ds, cfg.plan, sampler, plan_spec)
-    epochs = OfflineEpochs(ds, sampler, plan_spec, pack_spec, placement, range(first_epoch, cfg.epochs),
+    epochs = OfflineEpochs(ds, sampler, plan_spec, pack_spec, placement if user_store is None else None,
+                           range(first_epoch, cfg.epochs),
                            cfg.keep_epochs, say, segment_limit=_segment_limit(cfg, shares, row_bytes), bars=cfg.progress and rank == 0,
                            shared=cfg.plan is not None, auto_segments=cfg.segment_batches == 0,
                            on_ready=None if meter is None else meter.watch)
@@ -491,14 +528,15 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, eval_sampl
     mark_owner(epochs.plan.path if cfg.plan is None else epochs.plan.path / "packs" / pack_spec.name, run)
     fixed = {split: _offline_eval_epoch(cfg, ds, eval_sampler, split, epochs, say, run, shares)
              for split in splits} if cfg.eval_every else {}
-    store = build_tiered_store(ds, epochs.placement, device=device, max_buffer=max(1 << 20, shares.reads))
+    store = user_store if epochs.placement is None else build_tiered_store(
+        ds, epochs.placement, device=device, max_buffer=max(1 << 20, shares.reads))
     epochs.start_background()
     cuda = device.type == "cuda"
-    train_src = OfflineSource(epochs, epochs.packed, labels, store, rank=rank, world=world, sampler=sampler,
+    train_src = OfflineSource(epochs, labels, store, rank=rank, world=world, sampler=sampler,
                               on_close=epochs.close, pin=cuda, defer_device=cuda)
     # the evaluation's segment buffers go back after each evaluation
     evals: dict[str, BatchSource] = {
-        split: OfflineSource(f, f.packed, labels, store, sampler=eval_sampler, on_close=f.remove, hold_buffers=False,
+        split: OfflineSource(f, labels, store, sampler=eval_sampler, on_close=f.remove, hold_buffers=False,
                              pin=cuda, rank=rank, world=world, even=False, defer_device=cuda)
         for split, f in fixed.items()}
     for split in splits:
@@ -541,9 +579,10 @@ def check_plan_fits(ds: Dataset, name: str, sampler: Any, spec: PlanSpec) -> Non
 
 class FixedEpoch:
     """Epoch 0 of a plan for every evaluation: the evaluation batches never change (epoch 0's order,
-    a fixed sampling key), so they are planned and packed once and read sequentially each time."""
+    a fixed sampling key), so they are planned and packed once and read sequentially each time
+    (not packed: ``pack_name`` None, the rows come from the store)."""
 
-    def __init__(self, plan: Any, pack_name: str) -> None:
+    def __init__(self, plan: Any, pack_name: str | None) -> None:
         self.plan, self.pack_name = plan, pack_name
 
     def wait(self, epoch: int) -> Any:
@@ -552,8 +591,8 @@ class FixedEpoch:
     def release(self, epoch: int) -> None:
         pass  # kept for the next evaluation
 
-    def packed(self, epoch: int) -> PackedEpoch:
-        return PackedEpoch(self.plan, 0, self.pack_name)
+    def packed(self, epoch: int) -> PackedEpoch | None:
+        return None if self.pack_name is None else PackedEpoch(self.plan, 0, self.pack_name)
 
     def remove(self) -> None:
         from gnn_ooc.graphstore.atomic import remove_dir
@@ -561,7 +600,7 @@ class FixedEpoch:
         remove_dir(self.plan.path, self.plan.path.parent)
 
 
-def _offline_eval_epoch(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler, split: str, epochs: OfflineEpochs,
+def _offline_eval_epoch(cfg: TrainConfig, ds: Dataset, sampler: Sampler, split: str, epochs: OfflineEpochs,
                         say: Say, run: Path, shares: Shares) -> FixedEpoch:
     """``split``'s evaluation batches (the ones ``SampledSource`` would sample: seed + 1, epoch 0),
     planned and packed once beside the training plan against the training caches' placement."""
@@ -570,6 +609,8 @@ def _offline_eval_epoch(cfg: TrainConfig, ds: Dataset, sampler: NeighborSampler,
     planner = Planner(ds, sampler, spec, progress=say)
     mark_owner(planner.plan.path, run)
     planner.plan_epoch(0)
+    if epochs.placement is None:  # the rows come from a user's store: nothing to pack
+        return FixedEpoch(planner.plan, None)
     features = ds.path / ds.manifest.files["features"].name
     # fitted to the evaluation batches (their size may differ from training's)
     segments = cfg.segment_batches or fit_segment_batches(planner.plan.epoch(0), ds.feature_row_bytes,
@@ -593,15 +634,20 @@ def _pack_budget(cfg: TrainConfig, ds: Dataset) -> int | None:
 
 
 # --- model -------------------------------------------------------------------------------------------
-def build_model(cfg: TrainConfig, ds: Dataset, device: torch.device) -> tuple[torch.nn.Module, Any, Any]:
-    if ds.num_classes is None or ds.feature_dim is None:
+def build_model(cfg: TrainConfig, ds: Dataset, device: torch.device,
+                model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, Any, Any]:
+    """The run's model (``model``, the user's, else ``make_model(cfg.model)``) on ``device``, its
+    Adam optimizer (``cfg.lr``, ``cfg.weight_decay``) and learning-rate schedule."""
+    if ds.num_classes is None or (ds.feature_dim is None and model is None):
         raise DatasetError(f"{ds.path}: training needs node features and labels (preprocess it with "
                            "--features and --labels)")
-    kwargs: dict[str, Any] = {"in_dim": ds.feature_dim, "hidden": cfg.hidden, "out_dim": ds.num_classes,
-                              "num_layers": cfg.num_layers, "dropout": cfg.dropout, "norm": cfg.norm}
-    if cfg.model == "gat":
-        kwargs["heads"] = cfg.heads
-    model = make_model(cfg.model, **kwargs).to(device)
+    if model is None:
+        kwargs: dict[str, Any] = {"in_dim": ds.feature_dim, "hidden": cfg.hidden, "out_dim": ds.num_classes,
+                                  "num_layers": cfg.num_layers, "dropout": cfg.dropout, "norm": cfg.norm}
+        if cfg.model == "gat":
+            kwargs["heads"] = cfg.heads
+        model = make_model(cfg.model, **kwargs)
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler: Any = None
     if cfg.scheduler == "cosine":
@@ -618,11 +664,20 @@ def _ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def _summary(cfg: TrainConfig, mode: str, trainer: Trainer) -> dict[str, Any]:
+def train_sampler(cfg: TrainConfig, ds: Dataset, parts: Parts) -> Sampler:
+    """The run's training sampler: the user's, else ``NeighborSampler`` with the config's fan-outs."""
+    return parts.sampler if parts.sampler is not None else NeighborSampler(ds, list(cfg.fanouts))
+
+
+def _model_name(cfg: TrainConfig, parts: Parts) -> str:
+    return cfg.model if parts.model is None else type(parts.model).__name__
+
+
+def _summary(cfg: TrainConfig, mode: str, trainer: Trainer, parts: Parts) -> dict[str, Any]:
     st = trainer.state
     stats = trainer.train.stats()
     return {
-        "mode": mode, "model": cfg.model, "epochs_done": st.epoch, "steps": st.step,
+        "mode": mode, "model": _model_name(cfg, parts), "epochs_done": st.epoch, "steps": st.step,
         "best_valid_acc": st.best_valid, "best_epoch": st.best_epoch, "test_acc_at_best_valid": st.test_at_best,
         "stopped_early": st.stopped_early,
         "epoch_seconds": [r["seconds"] for r in st.epochs],

@@ -41,7 +41,8 @@ class RunFolder:
         self._fd: int | None = fd
 
     @classmethod
-    def create(cls, path: Path, *, dataset_path: Path, identity: str) -> RunFolder:
+    def create(cls, path: Path, *, dataset_path: Path, identity: str,
+               parts: dict[str, Any] | None = None) -> RunFolder:
         """A new run in ``path``: absent, empty, or a run that never reached its first checkpoint."""
         if (path / "checkpoints").is_dir() and any((path / "checkpoints").glob("step-*.pt")):
             raise OutputError(f"{path}: holds a run already; continue it with --resume {path}, or choose another --out")
@@ -57,6 +58,8 @@ class RunFolder:
             raise
         record = {"format": RUN_FORMAT, "version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "dataset": {"path": str(Path(dataset_path).resolve()), "identity": identity}}
+        if parts is not None:
+            record["parts"] = parts  # a user's sampler settings, model and store classes: resumes check them
         atomic_write_bytes(path / RUN_JSON, (json.dumps(record, indent=2) + "\n").encode())
         return folder
 

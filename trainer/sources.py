@@ -33,7 +33,7 @@ from gnn_ooc.graphstore.base import FeatureStore
 from gnn_ooc.graphstore.pack import assemble_batch, count_segment_read
 from gnn_ooc.sampler.base import SampledSubgraph, SampleKey, Sampler
 from gnn_ooc.sampler.plan import epoch_order
-from gnn_ooc.trainer.base import torch_blocks
+from gnn_ooc.trainer.base import EpochSource, torch_blocks
 from gnn_ooc.trainer.buffers import BatchBuffers
 from gnn_ooc.trainer.transfer import DeviceRows, split_device_rows
 
@@ -165,8 +165,7 @@ class SampledSource(BatchSource):
         self.seeds = np.asarray(seeds, dtype=np.int64)
         self.store = store
         # a sampling stage runs in a thread: numba's parallel kernels only run on the main thread
-        serial = getattr(sampler, "serial", None)
-        self._thread_sampler = serial() if callable(serial) else sampler
+        self._thread_sampler = sampler.serial()
         self.batch_size, self.seed, self.mode = batch_size, seed, mode
 
     def num_batches(self, epoch: int) -> int:
@@ -239,13 +238,14 @@ class _Segment:
 class OfflineSource(BatchSource):
     """Batches from a plan's epochs; packed rows from segment reads, the rest from ``store`` (tiered).
 
-    ``epochs`` provides ``wait(e) -> EpochPlan`` and ``release(e)`` (a ``BackgroundPlanner``, or
-    any object with those two methods); ``packed(e)`` returns the epoch's ``PackedEpoch`` or None.
+    ``epochs`` is an ``EpochSource`` (``trainer.base``): ``wait(e)`` gives the epoch's plan,
+    ``release(e)`` lets it go, and ``packed(e)`` its ``PackedEpoch`` or None (every row then from
+    ``store``).
     """
 
     mode = "offline"
 
-    def __init__(self, epochs: Any, packed: Callable[[int], Any], labels: np.ndarray, store: FeatureStore, *,
+    def __init__(self, epochs: EpochSource, labels: np.ndarray, store: FeatureStore, *,
                  rank: int = 0, world: int = 1, sampler: Sampler | None = None,
                  on_close: Callable[[], None] | None = None, hold_buffers: bool = True, pin: bool = False,
                  even: bool = True, defer_device: bool = False) -> None:
@@ -253,7 +253,7 @@ class OfflineSource(BatchSource):
                          defer_device=defer_device)
         self._on_close = on_close
         self._hold_buffers = hold_buffers  # False: the two segment buffers are freed at each epoch's end
-        self.epochs, self.packed_of, self.store = epochs, packed, store
+        self.epochs, self.store = epochs, store
         self._plan: Any = None
         self._packed: Any = None
         self._pool: BufferPool | None = None
@@ -265,7 +265,7 @@ class OfflineSource(BatchSource):
         if self._packed is not None:  # an epoch begun again without end_epoch (an evaluation tool)
             self._packed.close()
         self._plan = self.epochs.wait(epoch)
-        self._packed = self.packed_of(epoch)
+        self._packed = self.epochs.packed(epoch)
         if self._packed is not None and self._packed.buffer_bytes() > self._pool_bytes:
             # two buffers: one being read while the other's batches are assembled
             self._pool_bytes = self._packed.buffer_bytes()

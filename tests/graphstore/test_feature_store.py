@@ -19,6 +19,7 @@ from gnn_ooc.graphstore.npyfile import write_array
 from gnn_ooc.graphstore.placement import place_by_hotness
 from gnn_ooc.graphstore.stores import MemoryStore, MmapStore
 from gnn_ooc.graphstore.tiered import TieredStore
+from gnn_ooc.testing import ContractError, check_feature_store
 
 N, D = 3000, 40  # 160-byte rows: several per page, some straddle two pages
 
@@ -86,13 +87,8 @@ def test_contract(name: str, features: tuple[np.ndarray, Path]) -> None:
     x, path = features
     with STORES[name](x, path) as store:
         assert (store.num_rows, store.dim, store.dtype, store.row_bytes) == (N, D, torch.float32, 4 * D)
-        ids = np.random.default_rng(1).integers(0, N, 500)  # duplicates included
-        assert torch.equal(store.gather(ids), torch.from_numpy(x[ids]))
-        out = torch.full((3, D), -1.0)
-        assert store.gather(torch.tensor([N - 1, 0, N - 1]), out=out) is out  # preallocated output
-        assert torch.equal(out, torch.from_numpy(x[[N - 1, 0, N - 1]]))
-        assert store.gather([]).shape == (0, D)
-        assert store.stats.rows == 503
+        check_feature_store(store, x)  # the checks gnn_ooc.testing ships to users
+        assert store.stats.rows == 505
         with pytest.raises(InputError, match=f"row id {N} is out of range"):
             store.gather([0, N])
         with pytest.raises(InputError, match="row id -1"):
@@ -210,3 +206,18 @@ def test_disk_rows_through_a_host_cache_count_once(features: tuple[np.ndarray, P
     assert st.rows == 6 and st.hits == {"device": 1, "host": 5}
     assert st.disk_rows == 3 and st.disk_bytes_read > 0
     assert st.read_amplification == st.disk_bytes_read / (3 * D * 4)
+
+
+class _OffByOne(MemoryStore):
+    """Breaks the contract: serves the next row."""
+
+    def _gather(self, ids: torch.Tensor, out: torch.Tensor) -> None:
+        super()._gather((ids + 1) % self.num_rows, out)
+
+
+def test_the_shipped_check_fails_a_broken_store(features: tuple[np.ndarray, Path]) -> None:
+    x, _ = features
+    with pytest.raises(ContractError, match="_OffByOne: gathered rows differ from the reference"):
+        check_feature_store(_OffByOne(torch.from_numpy(x)), x)
+    with pytest.raises(ContractError, match=f"holds {N} x {D}, expected {N - 1} x {D}"):
+        check_feature_store(MemoryStore(torch.from_numpy(x)), x[:-1])

@@ -6,6 +6,7 @@ PyG samplers wrapped by ``interop.from_pyg_sampler`` are checked against the sam
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import numpy as np
@@ -15,6 +16,7 @@ from gnn_ooc.sampler.base import CscGraph, SampledSubgraph, SampleKey, Sampler
 from gnn_ooc.sampler.layerwise import LayerWiseSampler
 from gnn_ooc.sampler.neighbor import NeighborSampler
 from gnn_ooc.sampler.plan import PlanSpec, epoch_order, plan_epochs
+from gnn_ooc.testing import ContractError, check_resume, check_sampler
 from tests.sampler.test_plan import make_dataset
 
 
@@ -67,25 +69,32 @@ def ds(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_contract(name: str, ds: Any) -> None:
+    """The checks ``gnn_ooc.testing`` ships to users, on every sampler of ours."""
     sampler = FACTORIES[name](ds)
     seeds = np.random.default_rng(0).choice(ds.num_nodes, 40, replace=False)
-    out = sampler.sample(seeds, SampleKey(1, 2, 3))
-    out.validate(ds.num_nodes)
-    assert np.array_equal(out.seeds, seeds) and out.num_layers == sampler.num_layers
-    indptr, indices = np.asarray(ds.indptr), np.asarray(ds.indices)
-    src, dst = out.node[out.row], out.node[out.col]
-    if out.edge is not None:  # global edge ids point at the right CSC slots
-        assert np.array_equal(indices[out.edge], src)
-        assert np.all((indptr[dst] <= out.edge) & (out.edge < indptr[dst + 1]))
-    else:
-        for u, v in zip(src.tolist(), dst.tolist()):
-            assert u in indices[indptr[v] : indptr[v + 1]]
-    again = sampler.sample(seeds, SampleKey(1, 2, 3))
-    assert np.array_equal(again.node, out.node) and np.array_equal(again.row, out.row)
-    for layer, block in enumerate(out.blocks):  # destinations are a prefix of the sources
-        assert block.num_dst <= block.num_src and (block.row < block.num_src).all() and (block.col < block.num_dst).all()
-        if layer + 1 < out.num_layers:
-            assert out.blocks[layer + 1].num_src == block.num_dst
+    check_sampler(sampler, ds, seeds=seeds, key=SampleKey(1, 2, 3))
+    check_resume(lambda: FACTORIES[name](ds), lambda s: s.sample(seeds, SampleKey(1, 2, 3)).node)
+
+
+class _Broken(NeighborSampler):
+    def __init__(self, graph: Any, how: str) -> None:
+        super().__init__(graph, [3, 2], return_edge_ids=True)
+        self.how = how
+
+    def _sample(self, seeds: np.ndarray, key: SampleKey) -> SampledSubgraph:
+        out = super()._sample(seeds, key)
+        if self.how == "random":  # randomness not from the key
+            return super()._sample(seeds, SampleKey(int(np.random.randint(1 << 30))))
+        if self.how == "edges":  # edge ids off by one
+            return dataclasses.replace(out, edge=(out.edge + 1) % CscGraph.of(self.graph).num_edges)
+        return out
+
+
+@pytest.mark.parametrize("how,message", [("random", "the same key gave another sample"),
+                                         ("edges", "an edge id's CSC slot holds another source")])
+def test_the_shipped_check_fails_a_broken_sampler(ds: Any, how: str, message: str) -> None:
+    with pytest.raises(ContractError, match=f"_Broken: {message}"):
+        check_sampler(_Broken(ds, how), ds)
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))

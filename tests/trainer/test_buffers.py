@@ -7,6 +7,7 @@ import torch
 
 from gnn_ooc.graphstore.stores import MemoryStore
 from gnn_ooc.sampler.base import SampledSubgraph
+from gnn_ooc.sampler.neighbor import NeighborSampler
 from gnn_ooc.trainer.buffers import HEADROOM, BatchBuffers
 from gnn_ooc.trainer.sources import KEPT_BUFFERS, SampledSource, TrainBatch
 
@@ -43,7 +44,8 @@ def _batch(nodes: int) -> TrainBatch:
 
 def test_a_source_gathers_into_buffers_it_gets_back_on_release() -> None:
     store = MemoryStore(torch.arange(40.0).reshape(20, 2))
-    src = SampledSource(np.arange(20), np.zeros(20, np.int64), sampler=None, store=store,  # type: ignore[arg-type]
+    ring = (np.arange(21, dtype=np.int64), (np.arange(20) + 1) % 20)  # the sampler is not called here
+    src = SampledSource(np.arange(20), np.zeros(20, np.int64), sampler=NeighborSampler(ring, [1]), store=store,
                         batch_size=4, seed=0)
     seen = set()
     for n in (6, 5, 6, 5, 4, 6):  # the first is the largest: one buffer fits all
