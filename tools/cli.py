@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import errno
 import json
+import logging
 import os
 import re
 import signal
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_allocator()  # freed batches and buffers go back to the system (the memory budget's meter sees it)
     parser = build_parser()
     args = parser.parse_args(join_negative_lists(list(sys.argv[1:] if argv is None else argv)))
+    setup_logging(args.log_level)
     handler: Callable[[argparse.Namespace], int] = args.handler
     with _terminate_as_exception():
         try:
@@ -143,11 +145,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pack(sub)
     _add_train(sub)
     _add_embed(sub)
+    for command in sub.choices.values():
+        command.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                             help="the least important messages shown on stderr (default: info)")
     return parser
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_log = logging.getLogger("gnn_ooc.cli")
+
+
+class _StderrLines(logging.Handler):
+    """gnn-ooc's log records as ``[HH:MM:SS] message`` lines on whatever ``sys.stderr`` is when
+    they are emitted (``warning: ...`` and ``error: ...`` above info)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+            stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+            print(f"[{stamp}] {level}{record.getMessage()}", file=sys.stderr, flush=True)
+        except Exception:  # noqa: BLE001 - logging's own convention: a failed emit is reported, not raised
+            self.handleError(record)
+
+
+def setup_logging(level: str = "info") -> None:
+    """Send the ``gnn_ooc`` loggers' records at ``level`` and above to stderr (once per process)."""
+    root = logging.getLogger("gnn_ooc")
+    if not any(isinstance(h, _StderrLines) for h in root.handlers):
+        root.addHandler(_StderrLines())
+    root.setLevel(level.upper())
+    root.propagate = False  # an application's own root handlers would print every line twice
+
+
 def _say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    _log.info(msg)
 
 
 # --- preprocess ------------------------------------------------------------------------------------

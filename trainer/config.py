@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from gnn_ooc.graphstore.base import GnnOocError
 from gnn_ooc.units import parse_size
@@ -144,6 +146,7 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)  # the annotations as types (this module's are strings)
 
 
 class RunFolderError(GnnOocError):
@@ -208,24 +211,24 @@ def _dump(values: dict[str, Any], suffix: str) -> str:
     return json.dumps(values, indent=2) + "\n"
 
 
+def _base_type(name: str) -> type:
+    """The field's type without ``| None``: ``int``, ``float``, ``bool``, ``str`` or ``tuple``."""
+    hint = _HINTS[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    return tuple if typing.get_origin(hint) is tuple else hint
+
+
 def _coerce(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
     """``value`` as the field's type; sizes accept units, fan-outs accept ``"10,5"``."""
-    kind = str(f.type)
+    kind = _base_type(f.name)
+    parsers: dict[type, Callable[[Any], Any]] = {tuple: _int_tuple, bool: _bool, int: _int, float: float}
+    parse = parsers.get(kind, str)
     try:
-        if f.metadata.get("size"):
-            out: Any = parse_size(value if isinstance(value, (int, str)) else int(value))
-        elif "tuple" in kind:
-            out = _int_tuple(value)
-        elif kind.startswith("bool"):
-            out = _bool(value)
-        elif kind.startswith("int"):
-            out = _int(value)
-        elif kind.startswith("float"):
-            out = float(value)
-        else:
-            out = str(value)
+        out = parse_size(value if isinstance(value, (int, str)) else int(value)) if f.metadata.get("size") else parse(value)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {f.name}: {value!r} is not a valid {kind} ({e})") from None
+        raise ConfigError(f"{where}: {f.name}: {value!r} is not a valid {f.type} ({e})") from None
     choices = f.metadata.get("choices")
     if choices and out not in choices:
         raise ConfigError(f"{where}: {f.name}: {out!r}, expected one of {', '.join(choices)}")

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -46,6 +47,7 @@ from gnn_ooc.trainer.config import ConfigError, TrainConfig, resolve_device, sav
 from gnn_ooc.trainer.layers import GCNConv
 from gnn_ooc.trainer.runfolder import RunFolder
 
+log = logging.getLogger(__name__)  # library messages: the CLI shows them, an application decides
 __all__ = ["chunk_block", "chunk_bounds", "embed", "load_run_model", "source_degrees"]
 
 Say = Callable[[str], None]
@@ -55,7 +57,7 @@ _FLOAT = 4
 
 def embed(run: str | os.PathLike[str], out: str | os.PathLike[str], *, chunk_nodes: int | None = None,
           memory_budget: int | None = None, device: str = "auto", layer_outputs: bool = False,
-          checkpoint: str | os.PathLike[str] | None = None, say: Say = print, bars: bool = False,
+          checkpoint: str | os.PathLike[str] | None = None, say: Say | None = None, bars: bool = False,
           model: torch.nn.Module | None = None) -> dict[str, Any]:
     """Embeddings, logits and predictions of every node of ``run``'s dataset, written to ``out``.
 
@@ -71,6 +73,7 @@ def embed(run: str | os.PathLike[str], out: str | os.PathLike[str], *, chunk_nod
         ['embeddings.npy', 'logits.npy', 'predictions.npy']
     """
     t0 = time.perf_counter()
+    say = say or log.info
     dev = resolve_device(device)
     cfg, ds, net, ckpt, state = load_run_model(Path(run), checkpoint, dev, model)
     check_output(Path(out), EMBEDDING, protect=[Path(run), ds.path])  # before any work

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from gnn_ooc.trainer.pipeline import Pipeline, StageTimers
 from gnn_ooc.trainer.sources import BatchSource, TrainBatch
 from gnn_ooc.trainer.transfer import device_stages
 
-
+log = logging.getLogger(__name__)
 @dataclass
 class LoopSettings:
     """How the loop runs (plain values; the CLI fills them from ``TrainConfig``)."""
@@ -82,7 +83,7 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                  train: BatchSource, evals: dict[str, BatchSource], run: Path, settings: LoopSettings,
-                 *, say: Callable[[str], None] = print) -> None:
+                 *, say: Callable[[str], None] | None = None) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.train, self.evals = train, evals
         self.run, self.settings = Path(run), settings
@@ -92,7 +93,7 @@ class Trainer:
         self.timers = StageTimers()  # per epoch, reset at its start
         self.total_seconds: dict[str, float] = {}
         self.main = settings.rank == 0
-        self.say = say if self.main else (lambda _m: None)
+        self.say = (say or log.info) if self.main else (lambda _m: None)
         self.steps_log = MetricsLog(self.run, "steps") if self.main else None
         self.epochs_log = MetricsLog(self.run, "epochs") if self.main else None
         self.tb = TensorBoard(self.run, enabled=self.main)

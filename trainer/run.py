@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import random
 import time
@@ -65,6 +66,7 @@ from gnn_ooc.trainer.runfolder import RunFolder, mark_owner
 from gnn_ooc.trainer.sources import BatchSource, OfflineSource, SampledSource
 from gnn_ooc.units import format_size, parse_size_or_multiple
 
+log = logging.getLogger(__name__)  # library messages: the CLI shows them, an application decides
 Say = Callable[[str], None]
 BACKGROUND_NICE = 10  # planning ahead gets the CPU training leaves idle, not the cores it is using
 RESUMABLE = ("epochs", "progress", "max_steps", "threads", "patience", "checkpoint_every")
@@ -83,7 +85,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
                                out=str(run_folder(cfg).absolute()))
 
 
-def train(cfg: TrainConfig, *, say: Say = print, rank: int | None = None,
+def train(cfg: TrainConfig, *, say: Say | None = None, rank: int | None = None,
           world: int | None = None, parts: Parts | None = None) -> dict[str, Any]:
     """Train from scratch into ``cfg.out`` (created; an existing run there must be resumed instead),
     with the user's own ``parts`` where given (``trainer.parts``; ``gnn_ooc.train`` is the way in).
@@ -93,6 +95,7 @@ def train(cfg: TrainConfig, *, say: Say = print, rank: int | None = None,
     creates the run folder (and holds its lock), logs and writes files.
     """
     parts = parts or Parts()
+    say = say or log.info
     _check_parts(cfg, parts)
     with _processes(cfg, rank, world) as (rank, world):
         # rank 0's folder for everyone: each rank's own default (a timestamp) may differ by a second
@@ -130,7 +133,7 @@ def _create_run(cfg: TrainConfig, held: list[RunFolder], parts: Parts) -> Path:
     return run
 
 
-def resume(run: Path, overrides: dict[str, Any] | None = None, *, say: Say = print, rank: int | None = None,
+def resume(run: Path, overrides: dict[str, Any] | None = None, *, say: Say | None = None, rank: int | None = None,
            world: int | None = None, dataset: str | os.PathLike[str] | None = None,
            parts: Parts | None = None) -> dict[str, Any]:
     """Continue ``run`` from its newest checkpoint; only ``RESUMABLE`` settings may change, and
@@ -151,6 +154,7 @@ def resume(run: Path, overrides: dict[str, Any] | None = None, *, say: Say = pri
         saved = dataclasses.replace(saved, dataset=str(Path(dataset).absolute()))
     cfg = TrainConfig.resolve(saved.to_dict(), overrides, source=str(cfg_path))
     parts = parts or Parts()
+    say = say or log.info
     check_same(RunFolder.recorded(run).get("parts"), parts, run)
     _check_parts(cfg, parts)
     with _processes(cfg, rank, world) as (rank, world), _held(rank, world) as held:

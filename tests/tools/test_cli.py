@@ -102,3 +102,22 @@ def test_benchmarks_remove_only_their_own_folders(tmp_path: Path) -> None:
     ours.mkdir()
     (ours / "run.json").write_text(json.dumps({"format": "gnn-ooc-run"}))
     assert remove_own(ours, RUN) and not ours.exists()
+
+
+def test_log_level_chooses_what_stderr_shows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(0)
+    raw = write_raw(tmp_path / "raw", rng.integers(0, 200, 2000), rng.integers(0, 200, 2000),
+                    splits={"train": np.arange(150)})
+    ds = tmp_path / "ds"
+    assert main(["preprocess", str(raw), "-o", str(ds), "--num-nodes", "200"]) == 0
+    capsys.readouterr()
+    args = ["sample", str(ds), "--fanouts", "5,3", "--batch-size", "32", "--no-progress"]
+    assert main([*args, "--name", "a"]) == 0
+    shown = capsys.readouterr().err.splitlines()
+    assert shown and all(line.startswith("[") and "] " in line for line in shown), shown  # [HH:MM:SS] lines
+    assert any("planning reads the topology" in line for line in shown)
+    assert main([*args, "--name", "b", "--log-level", "warning"]) == 0
+    assert capsys.readouterr().err == ""  # info lines hidden; the result still goes to stdout
+    with pytest.raises(SystemExit) as bad:  # a bad flag value: argparse's usage error
+        main([*args, "--name", "c", "--log-level", "loud"])
+    assert bad.value.code == 2 and "--log-level" in capsys.readouterr().err
