@@ -67,13 +67,19 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         main(["preprocess", "--edges", "x", "-o", "y", "--memory-budget", "lots"])
 
 
-def test_sample_plans_grows_keeps_and_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def small_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """200 nodes, 2,000 random edges, 150 training nodes, preprocessed into TMP/ds (its output read)."""
     rng = np.random.default_rng(0)
     raw = write_raw(tmp_path / "raw", rng.integers(0, 200, 2000), rng.integers(0, 200, 2000),
                     splits={"train": np.arange(150)})
     ds = tmp_path / "ds"
     assert main(["preprocess", str(raw), "-o", str(ds), "--num-nodes", "200"]) == 0
     capsys.readouterr()
+    return ds
+
+
+def test_sample_plans_grows_keeps_and_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ds = small_dataset(tmp_path, capsys)
     args = ["sample", str(ds), "--fanouts", "5,3", "--batch-size", "32", "--seed", "1", "--name", "p"]
     assert main([*args, "--epochs", "3", "--keep-epochs", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -105,12 +111,7 @@ def test_benchmarks_remove_only_their_own_folders(tmp_path: Path) -> None:
 
 
 def test_log_level_chooses_what_stderr_shows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rng = np.random.default_rng(0)
-    raw = write_raw(tmp_path / "raw", rng.integers(0, 200, 2000), rng.integers(0, 200, 2000),
-                    splits={"train": np.arange(150)})
-    ds = tmp_path / "ds"
-    assert main(["preprocess", str(raw), "-o", str(ds), "--num-nodes", "200"]) == 0
-    capsys.readouterr()
+    ds = small_dataset(tmp_path, capsys)
     args = ["sample", str(ds), "--fanouts", "5,3", "--batch-size", "32", "--no-progress"]
     assert main([*args, "--name", "a"]) == 0
     shown = capsys.readouterr().err.splitlines()
