@@ -3,6 +3,7 @@ in-memory sampler's batches byte for byte, stay inside the budget, and survive a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -27,6 +28,25 @@ from tests.sampler.test_plan import same
 from tests.sampler.test_plan_memory import planning_growth, random_dataset
 
 PLAN_FILES = ("index.npy", "nodes.npy", "rows.npy", "fanin.npy", "access.npy", "edge_ids.npy")
+NO_EDGE_IDS = PLAN_FILES[:5]  # a plan made without edge ids
+
+
+#: A plan of the test split (1 in 21 nodes: its seeds' index is built) in small batches.
+INDEX_PLAN = dict(batch_size=20, seed=3, split="test", memory_budget=64 << 20)
+
+
+def assert_like_memory(planner: Planner, epoch: int = 0) -> None:
+    """``planner``'s epoch (planned) is the bytes the node-by-node path plans for the same spec."""
+    spec = dataclasses.replace(planner.spec, name=f"{planner.spec.name}-memory", topology="memory")
+    Planner(planner.ds, planner.sampler, spec).plan_epoch(epoch)
+    assert_same_epoch(planner.path.parent / spec.name, planner.path, epoch, NO_EDGE_IDS)
+
+
+def assert_same_epoch(a: Path, b: Path, epoch: int, files: tuple[str, ...] = PLAN_FILES, why: object = None) -> None:
+    """Plan folders ``a`` and ``b`` hold the same bytes in each of epoch ``epoch``'s ``files``."""
+    for f in files:
+        left, right = (root / f"epoch-{epoch:06d}" / f for root in (a, b))
+        assert left.read_bytes() == right.read_bytes(), (why, epoch, f)
 
 
 def graph(rng: np.random.Generator, n: int = 3000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -118,9 +138,7 @@ def test_external_plan_is_byte_identical(tmp_path: Path, weighted: bool) -> None
             mem.plan_epoch(e)
             stats = ext.plan_epoch(e)
             assert stats is not None and stats.sweeps == 2 * -(-ext.num_batches // ext.group)
-            for f in PLAN_FILES:
-                a, b = (p.path / f"epoch-{e:06d}" / f for p in (mem, ext))
-                assert a.read_bytes() == b.read_bytes(), (budget, f)
+            assert_same_epoch(mem.path, ext.path, e, why=budget)
             assert sorted(os.listdir(ext.path / f"epoch-{e:06d}")) == sorted(os.listdir(mem.path / f"epoch-{e:06d}"))
 
 
@@ -207,8 +225,7 @@ def test_a_planner_killed_mid_group_replans_the_same_bytes(tmp_path: Path) -> No
     rerun = subprocess.run([*cmd, "--name", "k"], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert not list(plan.glob(".epoch-*"))
-    for name in PLAN_FILES[:5]:
-        assert (plan / "epoch-000000" / name).read_bytes() == (ds.path / "plans" / "ref" / "epoch-000000" / name).read_bytes()
+    assert_same_epoch(plan, ds.path / "plans" / "ref", 0, NO_EDGE_IDS)
 
 
 def test_edge_cases_equal_batch_by_batch(tmp_path: Path) -> None:
@@ -293,7 +310,7 @@ def test_first_hops_read_from_the_seed_index_equal_batch_by_batch(fanouts: list[
 
 def test_a_plan_reads_its_first_hops_from_the_seed_index(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path)
-    base = dict(batch_size=20, seed=3, split="test", memory_budget=64 << 20)  # test: 1 in 21 nodes
+    base = INDEX_PLAN
     sampler = NeighborSampler(ds, [6, 4], return_edge_ids=True)
     mem = Planner(ds, sampler, PlanSpec(name="mem", topology="memory", **base))
     logs: list[str] = []
@@ -303,8 +320,7 @@ def test_a_plan_reads_its_first_hops_from_the_seed_index(tmp_path: Path) -> None
         mem.plan_epoch(e)
         stats = ext.plan_epoch(e)
         assert stats is not None and stats.sweeps == sweeps, (e, stats)
-        for f in PLAN_FILES:
-            assert (mem.path / f"epoch-{e:06d}" / f).read_bytes() == (ext.path / f"epoch-{e:06d}" / f).read_bytes(), f
+        assert_same_epoch(mem.path, ext.path, e)
     assert any("first hops are read from an index" in m and "built now" in m for m in logs)
     ext.plan.verify()
     # a damaged index is not read: the next planner builds it again, and the batches stay the same
@@ -319,8 +335,7 @@ def test_a_plan_reads_its_first_hops_from_the_seed_index(tmp_path: Path) -> None
     stats = again.plan_epoch(2)
     mem.plan_epoch(2)
     assert stats is not None and stats.sweeps == 1 + groups and any("built now" in m for m in logs)
-    for f in PLAN_FILES:
-        assert (mem.path / "epoch-000002" / f).read_bytes() == (again.path / "epoch-000002" / f).read_bytes(), f
+    assert_same_epoch(mem.path, again.path, 2)
     logs.clear()
     Planner(ds, sampler, PlanSpec(name="ext", topology="external", **base), progress=logs.append).plan_epoch(3)
     assert any("read from its index" in m for m in logs)
@@ -370,8 +385,7 @@ def test_a_full_scratch_disk_stops_the_plan_cleanly(tmp_path: Path, monkeypatch:
     assert not list(plan.glob(".epoch-*")) and not (plan / "epoch-000000").exists()
     monkeypatch.setattr(sweep_module, "_append", real)
     assert main([*argv, "--name", "full"]) == 0
-    for name in PLAN_FILES[:5]:
-        assert (plan / "epoch-000000" / name).read_bytes() == (ds.path / "plans" / "ref" / "epoch-000000" / name).read_bytes()
+    assert_same_epoch(plan, ds.path / "plans" / "ref", 0, NO_EDGE_IDS)
 
 
 @pytest.mark.parametrize("n,bound", [(100_000, 50_000_000), (50_000, 3000), (10_000, 2**40), (5000, 1), (0, 10)])
@@ -406,8 +420,7 @@ def test_a_failed_write_behind_the_sweep_leaves_no_epoch(tmp_path: Path, monkeyp
     assert not list(ext.path.glob(".epoch-*")) and not (ext.path / "epoch-000000").exists()
     monkeypatch.setattr(plan_module._EpochWriter, "add", real)
     assert ext.plan_epoch(0) is not None
-    for f in PLAN_FILES[:5]:  # no edge ids asked for
-        assert (mem.path / "epoch-000000" / f).read_bytes() == (ext.path / "epoch-000000" / f).read_bytes(), f
+    assert_same_epoch(mem.path, ext.path, 0, NO_EDGE_IDS)
 
 
 def test_a_second_planner_sweeps_while_the_first_builds_the_index(tmp_path: Path) -> None:
@@ -415,7 +428,7 @@ def test_a_second_planner_sweeps_while_the_first_builds_the_index(tmp_path: Path
 
     ds = make_dataset(tmp_path)
     sampler = NeighborSampler(ds, [6, 4])
-    base = dict(batch_size=20, seed=3, split="test", memory_budget=64 << 20, topology="external")
+    base = {**INDEX_PLAN, "topology": "external"}
     logs: list[str] = []
     planner = Planner(ds, sampler, PlanSpec(name="two", **base), progress=logs.append)
     busy = LockedDir(planner.path / ".first-hop.partial-4242-feedbeef")  # another live planner's build
@@ -424,10 +437,7 @@ def test_a_second_planner_sweeps_while_the_first_builds_the_index(tmp_path: Path
     finally:
         busy.release()
     assert stats is not None and any("another planner is building the seeds' index" in m for m in logs)
-    mem = Planner(ds, sampler, PlanSpec(name="mem", **{**base, "topology": "memory"}))
-    mem.plan_epoch(0)
-    for f in PLAN_FILES[:5]:  # no edge ids asked for
-        assert (mem.path / "epoch-000000" / f).read_bytes() == (planner.path / "epoch-000000" / f).read_bytes(), f
+    assert_like_memory(planner)
     logs.clear()
     Planner(ds, sampler, PlanSpec(name="two", **base), progress=logs.append).plan_epoch(1)  # the lock is free now
     assert any("built now" in m for m in logs) and not (planner.path / ".first-hop.partial-4242-feedbeef").exists()
@@ -436,7 +446,7 @@ def test_a_second_planner_sweeps_while_the_first_builds_the_index(tmp_path: Path
 def test_a_first_hop_folder_gnn_ooc_did_not_write_is_left_alone(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path)
     sampler = NeighborSampler(ds, [6, 4])
-    base = dict(batch_size=20, seed=3, split="test", memory_budget=64 << 20, topology="external")
+    base = {**INDEX_PLAN, "topology": "external"}
     logs: list[str] = []
     planner = Planner(ds, sampler, PlanSpec(name="u", **base), progress=logs.append)
     mine = planner.path / "first-hop"
@@ -445,10 +455,7 @@ def test_a_first_hop_folder_gnn_ooc_did_not_write_is_left_alone(tmp_path: Path) 
     stats = planner.plan_epoch(0)
     assert stats is not None and any("is not a seeds' index: left as it is" in m for m in logs)
     assert sorted(os.listdir(mine)) == ["notes.txt"] and (mine / "notes.txt").read_text() == "the user's"
-    mem = Planner(ds, sampler, PlanSpec(name="mem", **{**base, "topology": "memory"}))
-    mem.plan_epoch(0)
-    for f in PLAN_FILES[:5]:
-        assert (mem.path / "epoch-000000" / f).read_bytes() == (planner.path / "epoch-000000" / f).read_bytes(), f
+    assert_like_memory(planner)
 
 
 @pytest.mark.parametrize("drop", [False, True])
