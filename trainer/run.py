@@ -215,8 +215,8 @@ def _fit(cfg: TrainConfig, run: Path, state: dict[str, Any] | None, say: Say, ra
     ds = Dataset.open(cfg.dataset)
     mode = _mode(cfg)
     parts.check_store(ds.num_nodes, ds.feature_dim)
-    # a user's store holds the features: the dataset's feature file is neither checked nor read
-    checked = _check_data(cfg, ds, mode if parts.store is None else "offline", say)
+    # online and mmap read the feature file as they go: checked first (a user's store: never read)
+    checked = _check_data(ds, mode in ("online", "mmap") and parts.store is None, say)
     meter = _start_meter(cfg, ds, train_sampler(cfg, ds, parts))
     try:
         trainer = _train(cfg, ds, mode, run, state, say, rank, world, device, t0, meter, parts)
@@ -295,11 +295,11 @@ def _say_memory(memory: dict[str, Any], say: Say) -> None:
         "--batch-size, --fanouts or --prefetch")
 
 
-def _check_data(cfg: TrainConfig, ds: Dataset, mode: str, say: Say) -> CheckReport:
+def _check_data(ds: Dataset, features: bool, say: Say) -> CheckReport:
     """Check the bytes training reads before the first step (``graphstore.integrity``): the
-    topology, labels and splits here; the features here in online and mmap modes, while loading
-    them in memory mode, during the first pack pass offline."""
-    report = check_dataset(ds, features=mode in ("online", "mmap"))
+    topology, labels and splits here, the features too when ``features`` (else they are checked
+    while loaded in memory mode, during the first pack pass offline, or never read: a user's store)."""
+    report = check_dataset(ds, features=features)
     for split in ("train", "valid", "test"):
         check_labelled(ds, split)
     say(f"checked {len(report.files)} dataset files ({format_size(report.bytes)}) in {report.seconds:.2f} s")
