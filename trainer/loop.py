@@ -140,9 +140,12 @@ class Trainer:
         # each rank resumes its own dropout draws; a run resumed on another world size takes rank 0's
         same_world = len(per_rank) == self.settings.world
         set_random_states(per_rank[self.settings.rank] if same_world else state["random"])
-        for log in (self.steps_log, self.epochs_log):
-            if log is not None:  # records after the checkpoint belong to the lost future
-                log.truncate(self.state.step)
+        # records after the checkpoint belong to the lost future; so does the record of an epoch the
+        # checkpoint had not ended (killed between the epoch's record and its end checkpoint)
+        if self.steps_log is not None:
+            self.steps_log.truncate(self.state.step)
+        if self.epochs_log is not None:
+            self.epochs_log.truncate(self.state.step, epoch=self.state.epoch)
 
     def checkpoint(self, *, best: bool = False) -> None:
         """Save the state (rank 0 writes it); every rank calls this at the same steps."""

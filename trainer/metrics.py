@@ -64,9 +64,11 @@ class MetricsLog:
             header = f.readline().strip()
         return header.split(",") if header else None
 
-    def truncate(self, step: int) -> None:
-        """Keep only records with ``step <= step`` in both files."""
-        keep = [r for r in self.read() if int(r.get("step", 0)) <= step]
+    def truncate(self, step: int, epoch: int | None = None) -> None:
+        """Keep only records with ``step <= step`` (and, given ``epoch``, ``epoch < epoch``) in both
+        files: a checkpoint taken at an epoch's last batch shares its step with the epoch's record."""
+        keep = [r for r in self.read() if int(r.get("step", 0)) <= step
+                and (epoch is None or int(r.get("epoch", -1)) < epoch)]
         atomic_write_bytes(self.jsonl, "".join(json.dumps(r) + "\n" for r in keep).encode())
         columns = self._csv_columns() or (list(keep[0]) if keep else [])
         buf = io.StringIO()

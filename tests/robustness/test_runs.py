@@ -87,6 +87,36 @@ def test_sigkill_resume_reports_the_whole_epochs_loss(dataset: Path, tmp_path: P
     assert [e["loss"] for e in summary["epochs"]] == [e["loss"] for e in _epochs(reference)]
 
 
+class _Killed(BaseException):
+    """Stands for SIGKILL in-process: no handler of ours catches a BaseException."""
+
+
+def test_a_kill_between_an_epochs_record_and_its_checkpoint_records_the_epoch_once(  # type: ignore[no-untyped-def]
+        dataset: Path, tmp_path: Path, cli, monkeypatch) -> None:
+    # 7 batches per epoch: step 14 checkpoints epoch 1's last batch, then the epoch's record is
+    # written, then the end checkpoint, which is where this run dies
+    argv = ["--mode", "memory", *TRAIN, "--checkpoint-every", "7", "--lr", "0.01"]
+    reference = tmp_path / "reference"
+    assert cli("train", dataset, "--epochs", "3", *argv, "--out", reference).code == 0
+    from gnn_ooc.trainer import loop
+
+    real = loop.save_checkpoint
+
+    def dies_at_epoch_2(run, step, state, *, best=False, info=None):  # type: ignore[no-untyped-def]
+        if info and (info["epoch"], info["position"]) == (2, 0):
+            raise _Killed
+        return real(run, step, state, best=best, info=info)
+
+    run = tmp_path / "killed"
+    monkeypatch.setattr(loop, "save_checkpoint", dies_at_epoch_2)
+    with pytest.raises(_Killed):
+        cli("train", dataset, "--epochs", "3", *argv, "--out", run)
+    monkeypatch.setattr(loop, "save_checkpoint", real)
+    assert [e["epoch"] for e in _epochs(run)] == [0, 1]
+    assert cli("train", "--resume", run, "--epochs", "3").code == 0
+    assert [e["loss"] for e in _epochs(run)] == [e["loss"] for e in _epochs(reference)]
+
+
 def test_the_planner_dies_with_its_parent_and_resume_works_at_once(dataset: Path, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     run = tmp_path / "run"
     proc = gnn_ooc("train", dataset, "--epochs", "200", *TRAIN, "--out", run, "--eval-every", "0")
