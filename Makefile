@@ -41,26 +41,26 @@ lint: setup
 	$(BIN)/python -m ruff check src graphstore sampler trainer cuda tools tests
 
 bench-preprocess: setup
-	$(BIN)/python -m gnn_ooc.tools.bench_preprocess
+	$(BIN)/python -m gnn_ooc.tools.bench.preprocess
 
 bench-sampler: setup
-	$(BIN)/python -m gnn_ooc.tools.bench_sampler
+	$(BIN)/python -m gnn_ooc.tools.bench.sampler
 
 bench-features: setup
-	$(BIN)/python -m gnn_ooc.tools.bench_features
+	$(BIN)/python -m gnn_ooc.tools.bench.features
 
 bench-integrity: setup
-	$(BIN)/python -m gnn_ooc.tools.bench_integrity
+	$(BIN)/python -m gnn_ooc.tools.bench.integrity
 
 bench-memory: setup
-	$(BIN)/python -m gnn_ooc.tools.bench_memory
+	$(BIN)/python -m gnn_ooc.tools.bench.memory
 
 bench-scale: setup
-	$(BIN)/python -m gnn_ooc.tools.bench_scale
+	$(BIN)/python -m gnn_ooc.tools.bench.scale
 
 bench-train: setup
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
-	$(BIN)/python -m gnn_ooc.tools.bench_train --plot docs/bench-train.png
+	$(BIN)/python -m gnn_ooc.tools.bench.train --plot docs/bench-train.png
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache

@@ -5,18 +5,11 @@ Example:
     >>> ds = Dataset.open("data/cora")   # doctest: +SKIP
 """
 
-from gnn_ooc.graphstore.base import (
-    ChecksumError,
-    DatasetError,
-    FeatureStore,
-    GnnOocError,
-    InputError,
-    Manifest,
-    MemoryBudgetError,
-    PreprocessSpec,
-    StoreStats,
-)
-from gnn_ooc.graphstore.dataset import Dataset, DegreeStats
+from gnn_ooc.errors import ChecksumError, DatasetError, GnnOocError, InputError, MemoryBudgetError
+from gnn_ooc.graphstore.features.base import FeatureStore, StoreStats
+from gnn_ooc.graphstore.format.base import Manifest
+from gnn_ooc.graphstore.format.dataset import Dataset, DegreeStats
+from gnn_ooc.graphstore.ingest.base import PreprocessSpec
 
 __all__ = [
     "ChecksumError",

@@ -10,9 +10,11 @@ import pytest
 
 import gnn_ooc
 
-MODULES = sorted(
-    m.name for pkg in ("graphstore", "sampler", "trainer", "tools") for m in pkgutil.iter_modules(importlib.import_module(f"gnn_ooc.{pkg}").__path__, f"gnn_ooc.{pkg}.")
-)
+# every module of the core package and of every subpackage, at any depth (graphstore's are nested
+# by concept; the subpackages are folders of their own, mapped into gnn_ooc by pyproject.toml)
+_PACKAGES = [gnn_ooc] + [importlib.import_module(f"gnn_ooc.{p}") for p in ("graphstore", "sampler", "trainer", "cuda", "tools")]
+MODULES = sorted({m.name for pkg in _PACKAGES for m in pkgutil.walk_packages(pkg.__path__, f"{pkg.__name__}.")}
+                 | {pkg.__name__ for pkg in _PACKAGES[1:]})
 
 
 @pytest.mark.parametrize("name", ["gnn_ooc", *MODULES])

@@ -19,12 +19,13 @@ import os
 import re
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import gnn_ooc
-from gnn_ooc.graphstore.base import GnnOocError, PreprocessSpec
+from gnn_ooc.errors import GnnOocError
+from gnn_ooc.graphstore.ingest.base import PreprocessSpec
+from gnn_ooc.logs import LOG_LEVELS, setup_logging
 from gnn_ooc.units import format_size, parse_size, parse_size_or_multiple
 
 
@@ -151,30 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
 _log = logging.getLogger("gnn_ooc.cli")
-
-
-class _StderrLines(logging.Handler):
-    """gnn-ooc's log records as ``[HH:MM:SS] message`` lines on whatever ``sys.stderr`` is when
-    they are emitted (``warning: ...`` and ``error: ...`` above info)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
-            stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-            print(f"[{stamp}] {level}{record.getMessage()}", file=sys.stderr, flush=True)
-        except Exception:  # noqa: BLE001 - logging's own convention: a failed emit is reported, not raised
-            self.handleError(record)
-
-
-def setup_logging(level: str = "info") -> None:
-    """Send the ``gnn_ooc`` loggers' records at ``level`` and above to stderr (once per process)."""
-    root = logging.getLogger("gnn_ooc")
-    if not any(isinstance(h, _StderrLines) for h in root.handlers):
-        root.addHandler(_StderrLines())
-    root.setLevel(level.upper())
-    root.propagate = False  # an application's own root handlers would print every line twice
 
 
 def _say(msg: str) -> None:
@@ -216,7 +194,7 @@ def _add_preprocess(sub: Any) -> None:
 
 def spec_from_args(args: argparse.Namespace) -> PreprocessSpec:
     """Layout-found inputs first, explicit flags over them; unset flags keep the spec's defaults."""
-    from gnn_ooc.graphstore.layouts import ogb_layout, raw_layout
+    from gnn_ooc.graphstore.ingest.layouts import ogb_layout, raw_layout
 
     found: dict[str, Any] = {}
     if args.raw_dir is not None and args.ogb is not None:
@@ -252,7 +230,7 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 
 def _run_preprocess(args: argparse.Namespace) -> int:
-    from gnn_ooc.graphstore.preprocess import preprocess
+    from gnn_ooc.graphstore.ingest.preprocess import preprocess
 
     spec = spec_from_args(args)
     result = preprocess(spec, progress=_say, bars=not args.no_progress)
@@ -278,7 +256,7 @@ def _add_info(sub: Any) -> None:
 
 
 def dataset_info(path: Path) -> dict[str, Any]:
-    from gnn_ooc.graphstore.dataset import Dataset
+    from gnn_ooc.graphstore.format.dataset import Dataset
     from gnn_ooc.tools.housekeeping import inventory
 
     ds = Dataset.open(path)
@@ -445,8 +423,8 @@ def _add_sample(sub: Any) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    from gnn_ooc.graphstore.dataset import Dataset
-    from gnn_ooc.graphstore.integrity import check_dataset
+    from gnn_ooc.graphstore.format.dataset import Dataset
+    from gnn_ooc.graphstore.format.integrity import check_dataset
     from gnn_ooc.sampler.base import SamplerError, parse_fanouts
     from gnn_ooc.sampler.factory import make_sampler
     from gnn_ooc.sampler.plan import Planner, PlanSpec
@@ -509,10 +487,11 @@ def _add_pack(sub: Any) -> None:
 
 def _run_pack(args: argparse.Namespace) -> int:
     from gnn_ooc.capabilities import cuda_available
-    from gnn_ooc.graphstore.dataset import Dataset
-    from gnn_ooc.graphstore.owned import check_name
-    from gnn_ooc.graphstore.pack import PackSpec, fit_segment_batches, pack_epoch
-    from gnn_ooc.graphstore.tiering import CacheBudgets, Placement, place_from_counts
+    from gnn_ooc.graphstore.features.tiering import CacheBudgets, Placement, place_from_counts
+    from gnn_ooc.graphstore.format.dataset import Dataset
+    from gnn_ooc.graphstore.io.owned import check_name
+    from gnn_ooc.graphstore.pack.format import PackSpec, epoch_dir, packs_dir, read_meta
+    from gnn_ooc.graphstore.pack.writer import fit_segment_batches, pack_epoch
     from gnn_ooc.sampler.plan import Plan
 
     check_name(args.name, "pack")  # before any path is built from it
@@ -525,7 +504,7 @@ def _run_pack(args: argparse.Namespace) -> int:
     plan = Plan.open(ds, args.plan)
     entry = ds.manifest.files["features"]
     features = ds.path / entry.name
-    root = plan.path / "packs" / args.name
+    root = packs_dir(plan.path, args.name)
     if (root / "placement" / "device.npy").is_file() and not args.replace_placement:
         placement = Placement.load(root / "placement")
         if args.gpu_cache is not None or args.cpu_cache is not None:
@@ -548,7 +527,7 @@ def _run_pack(args: argparse.Namespace) -> int:
                            features_checksum=entry.checksum, bars=not args.no_progress)
         results.append(dataclasses.asdict(stats))
         if budget is not None:  # what is on disk counts, packed now or kept from an earlier run
-            meta = json.loads((root / f"epoch-{e:06d}" / "pack.json").read_text())
+            meta = read_meta(epoch_dir(plan.path, args.name, e))
             budget = max(0, budget - sum(int(g.get("size", 0)) for g in meta["segments"]))
     summary = {"packs": str(root), "device_rows": int(placement.device.size), "pinned_rows": int(placement.pinned.size),
                "epochs": results}

@@ -24,11 +24,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from gnn_ooc.graphstore.atomic import remove_dir
-from gnn_ooc.graphstore.base import GnnOocError
-from gnn_ooc.graphstore.dataset import Dataset
-from gnn_ooc.graphstore.integrity import check_dataset
-from gnn_ooc.graphstore.owned import PLAN, RUN
+from gnn_ooc.errors import GnnOocError
+from gnn_ooc.graphstore.format.dataset import Dataset
+from gnn_ooc.graphstore.format.integrity import check_dataset
+from gnn_ooc.graphstore.io.atomic import remove_dir
+from gnn_ooc.graphstore.io.owned import PLAN, RUN
+from gnn_ooc.graphstore.pack.format import packs_dir, packs_root
 from gnn_ooc.trainer.runfolder import is_live, owner_of
 
 _LEFTOVER = re.compile(r"^\..+\.(partial|removed|old)-[0-9a-zA-Z-]+$")
@@ -56,7 +57,7 @@ def _owner(folder: Path) -> dict[str, Any]:
 
 
 def _packs(plan: Path) -> list[dict[str, Any]]:
-    root = plan / "packs"
+    root = packs_root(plan)
     if not root.is_dir():
         return []
     return [{"name": p.name, "bytes": folder_bytes(p), "epochs": sorted(int(e.name[6:]) for e in p.iterdir()
@@ -140,7 +141,7 @@ def clean(dataset: Path, *, all_plans: bool = False, dry_run: bool = False,
             continue
         for pack in plan["packs"]:
             if not pack["live"] and (pack["run"] is not None or all_plans):
-                drop(path / "packs" / pack["name"], "packs of a run that is not running" if pack["run"]
+                drop(packs_dir(path, pack["name"]), "packs of a run that is not running" if pack["run"]
                      else "made by gnn-ooc pack (--all-plans)")
     return gone
 
@@ -148,7 +149,7 @@ def clean(dataset: Path, *, all_plans: bool = False, dry_run: bool = False,
 def verify_all(dataset: Path, say: Callable[[str], None] = lambda _m: None) -> list[str]:
     """Check the dataset (checksums and structure), every planned epoch, every pack and every
     checkpoint of the runs under it; returns one line per damaged item (empty: all checks out)."""
-    from gnn_ooc.graphstore.pack import PackedEpoch
+    from gnn_ooc.graphstore.pack.reader import PackedEpoch
     from gnn_ooc.sampler.plan import Plan
     from gnn_ooc.trainer.checkpoint import load_checkpoint
 

@@ -58,8 +58,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numba import prange
 
-from gnn_ooc.graphstore.atomic import Staging
-from gnn_ooc.graphstore.owned import SYNTH_RAW
+from gnn_ooc.graphstore.io.atomic import Staging
+from gnn_ooc.graphstore.io.owned import SYNTH_RAW
 
 __all__ = ["SynthConfig", "synth", "MAX_NODES", "EDGE_COMPRESSION"]
 

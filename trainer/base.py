@@ -31,7 +31,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import torch
 
-from gnn_ooc.graphstore.base import GnnOocError
+from gnn_ooc.errors import GnnOocError
 from gnn_ooc.sampler.base import SampledSubgraph
 
 

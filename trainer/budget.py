@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from gnn_ooc.graphstore.base import MemoryBudgetError
+from gnn_ooc.errors import MemoryBudgetError
 from gnn_ooc.memory import allocator_slack, process_memory
 from gnn_ooc.units import format_size
 

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from gnn_ooc.graphstore.atomic import atomic_write_bytes
-from gnn_ooc.graphstore.base import GnnOocError
-from gnn_ooc.graphstore.npyfile import file_checksum, format_checksum
+from gnn_ooc.errors import GnnOocError
+from gnn_ooc.graphstore.format.npyfile import file_checksum, format_checksum
+from gnn_ooc.graphstore.io.atomic import atomic_write_bytes
 
 CHECKPOINTS = "checkpoints"
 BEST = "best.pt"

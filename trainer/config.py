@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from gnn_ooc.graphstore.base import GnnOocError
+from gnn_ooc.errors import GnnOocError
 from gnn_ooc.units import parse_size
 
 MODES = ("auto", "offline", "online", "memory", "mmap")
@@ -136,7 +136,7 @@ class TrainConfig:
 
     def save(self, path: Path) -> None:
         """Write the resolved config (YAML when PyYAML imports, else JSON) atomically."""
-        from gnn_ooc.graphstore.atomic import atomic_write_bytes
+        from gnn_ooc.graphstore.io.atomic import atomic_write_bytes
 
         atomic_write_bytes(path, _dump(self.to_dict(), path.suffix).encode())
 
@@ -154,7 +154,7 @@ class RunFolderError(GnnOocError):
 
 
 def saved_config_path(run: Path) -> Path:
-    """The resolved config a run folder holds (``config.yaml``, or ``config.json`` without PyYAML)."""
+    """The resolved config a run folder holds (``config.yaml``; ``config.json`` in runs made before PyYAML was required)."""
     found = next((p for p in (run / "config.yaml", run / "config.json") if p.is_file()), None)
     if found is None:
         raise RunFolderError(f"{run}: no config.yaml or config.json; not a gnn-ooc run folder (gnn-ooc train --out)")
@@ -193,10 +193,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def _load_yaml(text: str) -> Any:
-    try:
-        import yaml
-    except ImportError:
-        raise ConfigError("reading a YAML config needs PyYAML (pip install pyyaml), or use a .json file") from None
+    import yaml  # a required dependency, imported when a config is read
+
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:

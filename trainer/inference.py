@@ -34,12 +34,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from gnn_ooc.graphstore.atomic import Staging
-from gnn_ooc.graphstore.dataset import Dataset
-from gnn_ooc.graphstore.integrity import check_dataset
-from gnn_ooc.graphstore.npyfile import NpyWriter
-from gnn_ooc.graphstore.owned import EMBEDDING, check_output
-from gnn_ooc.graphstore.stores import MmapStore
+from gnn_ooc.graphstore.features.stores import MmapStore
+from gnn_ooc.graphstore.format.dataset import Dataset
+from gnn_ooc.graphstore.format.integrity import check_dataset
+from gnn_ooc.graphstore.format.npyfile import NpyWriter
+from gnn_ooc.graphstore.io.atomic import Staging
+from gnn_ooc.graphstore.io.owned import EMBEDDING, check_output
 from gnn_ooc.progress import over
 from gnn_ooc.trainer.base import BlockModel, TorchBlock, TrainerError
 from gnn_ooc.trainer.checkpoint import CheckpointError, choose_checkpoint, load_checkpoint

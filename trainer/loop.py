@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from gnn_ooc.graphstore.base import StoreStats
+from gnn_ooc.graphstore.features.base import StoreStats
 from gnn_ooc.progress import bar as progress_bar
 from gnn_ooc.trainer.base import TrainerError
 from gnn_ooc.trainer.checkpoint import (

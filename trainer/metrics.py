@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gnn_ooc.graphstore.atomic import atomic_write_bytes
+from gnn_ooc.graphstore.io.atomic import atomic_write_bytes
 
 
 class MetricsLog:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from gnn_ooc.graphstore.base import FeatureStore
+from gnn_ooc.graphstore.features.base import FeatureStore
 from gnn_ooc.sampler.base import Sampler
 from gnn_ooc.trainer.config import ConfigError
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Callable, Iterator, Sequence
 
-from gnn_ooc.graphstore.base import GnnOocError
+from gnn_ooc.errors import GnnOocError
 
 _POLL = 0.1  # seconds between checks of the stop flag while blocked on a queue
 

@@ -32,24 +32,33 @@ import numpy as np
 import torch
 
 from gnn_ooc.capabilities import cuda_available
-from gnn_ooc.graphstore.atomic import atomic_write_bytes
-from gnn_ooc.graphstore.base import DatasetError, FeatureStore
-from gnn_ooc.graphstore.cache import RowCache
-from gnn_ooc.graphstore.dataset import Dataset
-from gnn_ooc.graphstore.direct import DirectStore
-from gnn_ooc.graphstore.directio import process_read_bytes
-from gnn_ooc.graphstore.integrity import CheckReport, check_dataset, check_labelled, verify_entry
-from gnn_ooc.graphstore.online_cache import SLOT_OVERHEAD, SieveCache
-from gnn_ooc.graphstore.pack import PackedEpoch, PackSpec, fit_segment_batches, pack_epoch
-from gnn_ooc.graphstore.placement import place_by_hotness, rows_for_budget
-from gnn_ooc.graphstore.stores import MemoryStore, MmapStore, torch_dtype
-from gnn_ooc.graphstore.tiered import TieredStore
-from gnn_ooc.graphstore.tiering import (
+from gnn_ooc.errors import DatasetError
+from gnn_ooc.graphstore.features.base import FeatureStore
+from gnn_ooc.graphstore.features.cache import RowCache
+from gnn_ooc.graphstore.features.direct import DirectStore
+from gnn_ooc.graphstore.features.policies.hosttable import SLOT_OVERHEAD
+from gnn_ooc.graphstore.features.policies.sieve import SieveCache
+from gnn_ooc.graphstore.features.policies.static import hottest_by_degree, rows_for_budget
+from gnn_ooc.graphstore.features.stores import MemoryStore, MmapStore, torch_dtype
+from gnn_ooc.graphstore.features.tiered import TieredStore
+from gnn_ooc.graphstore.features.tiering import (
     CacheBudgets,
     Placement,
     build_tiered_store,
     place_from_counts,
 )
+from gnn_ooc.graphstore.format.dataset import Dataset
+from gnn_ooc.graphstore.format.integrity import (
+    CheckReport,
+    check_dataset,
+    check_labelled,
+    verify_entry,
+)
+from gnn_ooc.graphstore.io.atomic import atomic_write_bytes
+from gnn_ooc.graphstore.io.directio import process_read_bytes
+from gnn_ooc.graphstore.pack.format import PackSpec, epoch_dir, packs_dir
+from gnn_ooc.graphstore.pack.reader import PackedEpoch
+from gnn_ooc.graphstore.pack.writer import fit_segment_batches, pack_epoch
 from gnn_ooc.memory import MemoryMeter, release_free_memory
 from gnn_ooc.sampler.background import BackgroundPlanner
 from gnn_ooc.sampler.base import SampleKey, Sampler
@@ -129,7 +138,7 @@ def _create_run(cfg: TrainConfig, held: list[RunFolder], parts: Parts) -> Path:
     run = Path(cfg.out)
     ds = Dataset.open(cfg.dataset)
     held.append(RunFolder.create(run, dataset_path=ds.path, identity=ds.identity(), parts=parts.record()))
-    cfg.save(run / "config.yaml" if _has_yaml() else run / "config.json")
+    cfg.save(run / "config.yaml")
     return run
 
 
@@ -195,14 +204,6 @@ def _rank_say(say: Say, rank: int) -> Say:
 
 def _quiet(_message: str) -> None:
     pass
-
-
-def _has_yaml() -> bool:
-    try:
-        import yaml  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _fit(cfg: TrainConfig, run: Path, state: dict[str, Any] | None, say: Say, rank: int, world: int,
@@ -385,9 +386,7 @@ def _online_store(ds: Dataset, device: torch.device, shares: Shares) -> TieredSt
     SIEVE host cache in front of direct disk reads."""
     row_bytes = ds.feature_row_bytes
     dev_bytes, host_bytes = _cache_budgets(shares).resolve(cuda_available())
-    degree = np.diff(np.asarray(ds.indptr, dtype=np.int64))
-    (hot,) = place_by_hotness(degree, [rows_for_budget(dev_bytes, row_bytes + RowCache.SLOT_OVERHEAD)])
-    del degree
+    hot = hottest_by_degree(ds.indptr, rows_for_budget(dev_bytes, row_bytes + RowCache.SLOT_OVERHEAD))
     direct = DirectStore.of(ds, max_buffer=max(1 << 20, shares.reads))
     device_cache = RowCache.filled("device", hot, direct, device=device)
     host = SieveCache(rows_for_budget(host_bytes, row_bytes + SLOT_OVERHEAD), ds.feature_dim or 0,
@@ -460,11 +459,11 @@ class OfflineEpochs:
 
     def release(self, epoch: int) -> None:
         if epoch == self.first:
-            from gnn_ooc.graphstore.atomic import remove_dir
+            from gnn_ooc.graphstore.io.atomic import remove_dir
 
             if epoch not in self.kept:
                 self.plan.release(epoch)
-            remove_dir(self.plan.path / "packs" / self.pack_spec.name / f"epoch-{epoch:06d}", self.plan.path)
+            remove_dir(epoch_dir(self.plan.path, self.pack_spec.name, epoch), self.plan.path)
             if self.background is not None:
                 self.background.release_held()
         elif self.background is not None:
@@ -483,10 +482,10 @@ class OfflineEpochs:
     def remove_own(self) -> None:
         """Remove what the run wrote for itself once it is done: its own plan, or in a shared plan
         (``--plan``) its packs (the plan and the epochs it held before stay)."""
-        from gnn_ooc.graphstore.atomic import remove_dir
+        from gnn_ooc.graphstore.io.atomic import remove_dir
 
         if self.kept or self.pack_spec.name != "default":
-            remove_dir(self.plan.path / "packs" / self.pack_spec.name, self.plan.path)
+            remove_dir(packs_dir(self.plan.path, self.pack_spec.name), self.plan.path)
         else:
             remove_dir(self.plan.path, self.plan.path.parent)
 
@@ -529,7 +528,7 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: Sampler, eval_sampler: Samp
                            on_ready=None if meter is None else meter.watch)
     epochs.eval_prefix = _run_pack_name(run) + (f"-rank{rank}" if world > 1 else "")
     # what gnn-ooc clean needs to know: this plan (or, in a shared one, these packs) serve this run
-    mark_owner(epochs.plan.path if cfg.plan is None else epochs.plan.path / "packs" / pack_spec.name, run)
+    mark_owner(epochs.plan.path if cfg.plan is None else packs_dir(epochs.plan.path, pack_spec.name), run)
     fixed = {split: _offline_eval_epoch(cfg, ds, eval_sampler, split, epochs, say, run, shares)
              for split in splits} if cfg.eval_every else {}
     store = user_store if epochs.placement is None else build_tiered_store(
@@ -599,7 +598,7 @@ class FixedEpoch:
         return None if self.pack_name is None else PackedEpoch(self.plan, 0, self.pack_name)
 
     def remove(self) -> None:
-        from gnn_ooc.graphstore.atomic import remove_dir
+        from gnn_ooc.graphstore.io.atomic import remove_dir
 
         remove_dir(self.plan.path, self.plan.path.parent)
 

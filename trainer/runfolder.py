@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gnn_ooc.graphstore.atomic import atomic_write_bytes
-from gnn_ooc.graphstore.base import DatasetError, OutputError
-from gnn_ooc.graphstore.owned import RUN, check_output
+from gnn_ooc.errors import DatasetError, OutputError
+from gnn_ooc.graphstore.io.atomic import atomic_write_bytes
+from gnn_ooc.graphstore.io.owned import RUN, check_output
 
 RUN_JSON = "run.json"
 LOCK = ".lock"

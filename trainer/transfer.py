@@ -1,7 +1,7 @@
 """Host to device copies on a side CUDA stream: batch t+1 crosses PCIe while batch t computes.
 
 Rows held by the GPU cache never cross: the sources assemble only the other rows, compactly,
-into the host buffer (``split_device_rows``), and after the copy the stage scatters them and
+into the host buffer (``assemble.BatchAssembler``), and after the copy the stage scatters them and
 gathers the cached ones on the GPU (``place_device_rows``) to form the batch's feature matrix.
 
 The copy stage runs in its own pipeline thread. Its copies are asynchronous because the sources
@@ -23,8 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
-
 from gnn_ooc.capabilities import cuda_available
 
 
@@ -41,17 +39,6 @@ class DeviceRows:
     at: Any
     slots: Any
     num_rows: int
-
-
-def split_device_rows(cache: Any, node: np.ndarray) -> tuple[np.ndarray, DeviceRows]:
-    """Which of ``node`` the host assembles (indices into ``node``) and which ``cache`` serves."""
-    import torch
-
-    slots = cache.lookup(torch.from_numpy(np.asarray(node, dtype=np.int64)))
-    held = slots >= 0
-    host = torch.nonzero(~held).flatten()
-    at = torch.nonzero(held).flatten()
-    return host.numpy(), DeviceRows(cache, host, at, slots[held], int(node.size))
 
 
 def place_device_rows(x_host: Any, rows: DeviceRows, device: Any) -> Any:

@@ -47,7 +47,7 @@ def io_uring_available() -> bool:
             return False
     except OSError:  # kernels before 6.6 have no such switch
         pass
-    from gnn_ooc.graphstore.uring import IORING_FEAT_RW_CUR_POS, UringParams, uring_setup
+    from gnn_ooc.graphstore.io.uring import IORING_FEAT_RW_CUR_POS, UringParams, uring_setup
 
     params = UringParams()
     try:

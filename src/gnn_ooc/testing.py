@@ -94,9 +94,10 @@ def check_feature_store(store: Any, reference: np.ndarray) -> None:
     """Check ``store`` (a ``FeatureStore``) against ``reference``, the [N, D] rows it must serve."""
     import torch
 
-    from gnn_ooc.graphstore.base import FeatureStore, InputError
+    from gnn_ooc.errors import InputError
+    from gnn_ooc.graphstore.features.base import FeatureStore
 
-    _expect(isinstance(store, FeatureStore), store, "is not a gnn_ooc.graphstore.base.FeatureStore")
+    _expect(isinstance(store, FeatureStore), store, "is not a gnn_ooc.graphstore.features.base.FeatureStore")
     ref = torch.from_numpy(np.ascontiguousarray(reference)).to(store.dtype)
     n, d = ref.shape
     _expect((store.num_rows, store.dim) == (n, d), store, f"holds {store.num_rows} x {store.dim}, expected {n} x {d}")

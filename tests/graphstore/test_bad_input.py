@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gnn_ooc.graphstore import InputError, PreprocessSpec
-from gnn_ooc.graphstore.preprocess import preprocess
+from gnn_ooc.graphstore.ingest.preprocess import preprocess
 from gnn_ooc.tools.cli import main
 from tests.conftest import listing, write_raw
 
@@ -232,7 +232,7 @@ def test_disk_space_is_checked_before_writing(capsys: pytest.CaptureFixture[str]
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     raw = write_raw(tmp_path / "raw", np.arange(100), np.arange(100)[::-1], features=np.ones((100, 64), np.float32))
     writes: list[str] = []
-    from gnn_ooc.graphstore import directio
+    from gnn_ooc.graphstore.io import directio
 
     real_init = directio.SequentialWriter.__init__
 
@@ -253,7 +253,7 @@ def test_scratch_space_in_tmp_dir_is_checked(capsys: pytest.CaptureFixture[str],
     raw = write_raw(tmp_path / "raw", rng.integers(0, 1000, 200_000), rng.integers(0, 1000, 200_000))
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    from gnn_ooc.graphstore import preprocess as module
+    from gnn_ooc.graphstore.ingest import preprocess as module
 
     monkeypatch.setattr(module, "_same_filesystem", lambda a, b: False)  # as if --tmp-dir were another disk
     fake_free(monkeypatch, 4096, only=scratch)
@@ -268,7 +268,7 @@ def full_disk(*names: str) -> Any:
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(self, data)
 
-    from gnn_ooc.graphstore import directio
+    from gnn_ooc.graphstore.io import directio
 
     real_write = directio.SequentialWriter.write
     return write
@@ -277,7 +277,7 @@ def full_disk(*names: str) -> Any:
 @pytest.mark.parametrize("name", ["features.npy", "indptr.npy", "labels.npy"])
 def test_full_disk_while_writing_names_the_file(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    from gnn_ooc.graphstore import directio
+    from gnn_ooc.graphstore.io import directio
 
     raw = write_raw(tmp_path / "raw", np.arange(50), np.arange(50)[::-1], features=np.ones((50, 4), np.float32),
                     labels=np.zeros(50, np.int64))
@@ -291,7 +291,7 @@ def test_full_disk_while_writing_names_the_file(capsys: pytest.CaptureFixture[st
 
 def test_full_disk_while_spilling_names_the_scratch_file(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from gnn_ooc.graphstore import csc
+    from gnn_ooc.graphstore.ingest import csc
 
     def write_all(write: Any, data: Any) -> None:
         raise OSError(errno.EDQUOT, "Disk quota exceeded")
@@ -497,7 +497,7 @@ def test_bad_flags_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path, fl
 
 def test_unreadable_file_in_an_input_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from gnn_ooc.graphstore import preprocess as module
+    from gnn_ooc.graphstore.ingest import preprocess as module
 
     raw = write_raw(tmp_path / "raw", np.arange(4), np.arange(4)[::-1], splits={"train": np.array([0])})
     (raw / "split" / "notes.bin").write_bytes(b"x")

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gnn_ooc.graphstore.csc import CscBuilder, index_dtype
-from gnn_ooc.graphstore.npyfile import NpyWriter
+from gnn_ooc.graphstore.format.npyfile import NpyWriter
+from gnn_ooc.graphstore.ingest.csc import CscBuilder, index_dtype
 from tests.conftest import random_graph, reference_csc
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gnn_ooc.graphstore import ChecksumError, Dataset, DatasetError, PreprocessSpec
-from gnn_ooc.graphstore.preprocess import preprocess
+from gnn_ooc.graphstore.ingest.preprocess import preprocess
 from tests.conftest import write_raw
 
 

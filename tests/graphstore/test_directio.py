@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gnn_ooc.graphstore.directio import SequentialWriter
+from gnn_ooc.graphstore.io.directio import SequentialWriter
 
 
 @pytest.mark.parametrize("direct", [True, False])

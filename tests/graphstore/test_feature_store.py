@@ -12,13 +12,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gnn_ooc.graphstore.base import FeatureStore, InputError
-from gnn_ooc.graphstore.cache import RowCache
-from gnn_ooc.graphstore.direct import DirectStore
-from gnn_ooc.graphstore.npyfile import write_array
-from gnn_ooc.graphstore.placement import place_by_hotness
-from gnn_ooc.graphstore.stores import MemoryStore, MmapStore
-from gnn_ooc.graphstore.tiered import TieredStore
+from gnn_ooc.errors import InputError
+from gnn_ooc.graphstore.features.base import FeatureStore
+from gnn_ooc.graphstore.features.cache import RowCache
+from gnn_ooc.graphstore.features.direct import DirectStore
+from gnn_ooc.graphstore.features.policies.static import place_by_hotness
+from gnn_ooc.graphstore.features.stores import MemoryStore, MmapStore
+from gnn_ooc.graphstore.features.tiered import TieredStore
+from gnn_ooc.graphstore.format.npyfile import write_array
 from gnn_ooc.testing import ContractError, check_feature_store
 
 N, D = 3000, 40  # 160-byte rows: several per page, some straddle two pages
@@ -40,7 +41,7 @@ def tiered(x: np.ndarray, path: Path) -> FeatureStore:
 
 
 def future(x: np.ndarray, path: Path) -> FeatureStore:
-    from gnn_ooc.graphstore.future_cache import FutureAwareCache
+    from gnn_ooc.graphstore.features.policies.future import FutureAwareCache
 
     backing = DirectStore(path, torch.float32)
     batches = [np.arange(i, N, 97) for i in range(5)]
@@ -61,7 +62,8 @@ def direct_uring(x: np.ndarray, path: Path) -> FeatureStore:
 
 def online(kind: str) -> Callable[[np.ndarray, Path], FeatureStore]:
     def make(x: np.ndarray, path: Path) -> FeatureStore:
-        from gnn_ooc.graphstore.online_cache import ClockCache, SieveCache
+        from gnn_ooc.graphstore.features.policies.clock import ClockCache
+        from gnn_ooc.graphstore.features.policies.sieve import SieveCache
 
         cls = SieveCache if kind == "sieve" else ClockCache
         return cls(100, D, torch.float32, MmapStore(np.load(path, mmap_mode="r"), torch.float32))
@@ -154,7 +156,7 @@ def test_direct_backends_agree_and_name_short_files(features: tuple[np.ndarray, 
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from gnn_ooc import capabilities
     from gnn_ooc.capabilities import io_uring_available
-    from gnn_ooc.graphstore.direct import BackendUnavailable
+    from gnn_ooc.graphstore.features.direct import BackendUnavailable
 
     x, path = features
     ids = np.random.default_rng(3).integers(0, N, 2000)
@@ -194,7 +196,7 @@ def test_placement_by_hotness() -> None:
 def test_disk_rows_through_a_host_cache_count_once(features: tuple[np.ndarray, Path]) -> None:
     """Tiered over SIEVE over disk (online mode): rows read from disk are known, so the read
     amplification is a number, and a repeated missing id is read once."""
-    from gnn_ooc.graphstore.online_cache import SieveCache
+    from gnn_ooc.graphstore.features.policies.sieve import SieveCache
 
     x, path = features
     backing = DirectStore(path, torch.float32)

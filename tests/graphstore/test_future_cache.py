@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gnn_ooc.graphstore.base import InputError
-from gnn_ooc.graphstore.future_cache import (
+from gnn_ooc.errors import InputError
+from gnn_ooc.graphstore.features.policies.future import (
     NO_USE,
     Batches,
     FutureAwareCache,
@@ -17,7 +17,7 @@ from gnn_ooc.graphstore.future_cache import (
     PlanBatches,
     reference_belady,
 )
-from gnn_ooc.graphstore.stores import MemoryStore
+from gnn_ooc.graphstore.features.stores import MemoryStore
 
 N, D = 60, 3
 

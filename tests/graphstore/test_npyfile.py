@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gnn_ooc.graphstore.base import DATA_ALIGNMENT
-from gnn_ooc.graphstore.npyfile import (
+from gnn_ooc.graphstore.format.base import DATA_ALIGNMENT
+from gnn_ooc.graphstore.format.npyfile import (
     NpyWriter,
     crc32_combine,
     file_checksum,

@@ -8,9 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gnn_ooc.graphstore.base import InputError
-from gnn_ooc.graphstore.online_cache import ClockCache, SieveCache, _find, _HostCache
-from gnn_ooc.graphstore.stores import MemoryStore
+from gnn_ooc.errors import InputError
+from gnn_ooc.graphstore.features.policies.clock import ClockCache
+from gnn_ooc.graphstore.features.policies.hosttable import HostCache, _find
+from gnn_ooc.graphstore.features.policies.sieve import SieveCache
+from gnn_ooc.graphstore.features.stores import MemoryStore
 
 N, D = 80, 3
 
@@ -83,7 +85,7 @@ def skewed_trace(rng: np.random.Generator, steps: int, size: int) -> list[list[i
     return [perm[rng.choice(N, int(rng.integers(1, size + 1)), p=p / p.sum())].tolist() for _ in range(steps)]
 
 
-def run(kind: type[_HostCache], trace: list[list[int]], capacity: int) -> None:
+def run(kind: type[HostCache], trace: list[list[int]], capacity: int) -> None:
     x = torch.arange(N * D, dtype=torch.float32).reshape(N, D)
     cache = kind(capacity, D, torch.float32, MemoryStore(x))
     ref: RefSieve | RefClock = RefSieve(capacity) if kind is SieveCache else RefClock(capacity)
@@ -110,21 +112,21 @@ def run(kind: type[_HostCache], trace: list[list[int]], capacity: int) -> None:
 
 @pytest.mark.parametrize("kind", [SieveCache, ClockCache])
 @pytest.mark.parametrize("capacity", [0, 1, 2, 7, 30, 100])
-def test_single_id_trace(kind: type[_HostCache], capacity: int) -> None:
+def test_single_id_trace(kind: type[HostCache], capacity: int) -> None:
     trace = [[v] for v in np.concatenate(skewed_trace(np.random.default_rng(capacity), 60, 5)).tolist()]
     run(kind, trace, capacity)
 
 
 @pytest.mark.parametrize("kind", [SieveCache, ClockCache])
 @pytest.mark.parametrize("capacity", [0, 1, 3, 10, 40])
-def test_batched_trace(kind: type[_HostCache], capacity: int) -> None:
+def test_batched_trace(kind: type[HostCache], capacity: int) -> None:
     run(kind, skewed_trace(np.random.default_rng(capacity + 1), 80, 12), capacity)
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.integers(0, 20), min_size=0, max_size=6), max_size=25), st.integers(0, 8),
        st.sampled_from([SieveCache, ClockCache]))
-def test_property(trace: list[list[int]], capacity: int, kind: type[_HostCache]) -> None:
+def test_property(trace: list[list[int]], capacity: int, kind: type[HostCache]) -> None:
     run(kind, trace, capacity)
 
 

@@ -37,7 +37,7 @@ CHILD = textwrap.dedent(
     from pathlib import Path
     import numpy as np
     from gnn_ooc.graphstore import PreprocessSpec
-    from gnn_ooc.graphstore.preprocess import preprocess
+    from gnn_ooc.graphstore.ingest.preprocess import preprocess
     edges, out, warm, budget = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
     # Warm up imports, numba caches and pyarrow's pools on a tiny graph first.
     preprocess(PreprocessSpec(output=out.with_name("warm"), edges=(warm,), memory_budget=budget, force=True))
@@ -114,8 +114,8 @@ def test_sigkill_midway_leaves_nothing_and_rerun_succeeds(tmp_path: Path) -> Non
 
 
 def test_a_live_run_is_not_disturbed(tmp_path: Path) -> None:
-    from gnn_ooc.graphstore.atomic import Staging
-    from gnn_ooc.graphstore.base import GnnOocError
+    from gnn_ooc.errors import GnnOocError
+    from gnn_ooc.graphstore.io.atomic import Staging
 
     target = tmp_path / "ds"
     with Staging(target):

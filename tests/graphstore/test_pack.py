@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gnn_ooc.graphstore.base import ChecksumError, MemoryBudgetError, PreprocessSpec
-from gnn_ooc.graphstore.cache import RowCache
-from gnn_ooc.graphstore.dataset import Dataset
-from gnn_ooc.graphstore.pack import CACHED, UNPACKED, PackedEpoch, PackSpec, pack_epoch
-from gnn_ooc.graphstore.placement import place_by_hotness
-from gnn_ooc.graphstore.preprocess import preprocess
+from gnn_ooc.errors import ChecksumError, MemoryBudgetError
+from gnn_ooc.graphstore.features.cache import RowCache
+from gnn_ooc.graphstore.features.policies.static import place_by_hotness
+from gnn_ooc.graphstore.format.dataset import Dataset
+from gnn_ooc.graphstore.ingest.base import PreprocessSpec
+from gnn_ooc.graphstore.ingest.preprocess import preprocess
+from gnn_ooc.graphstore.pack.format import CACHED, UNPACKED, PackSpec
+from gnn_ooc.graphstore.pack.reader import PackedEpoch
+from gnn_ooc.graphstore.pack.writer import pack_epoch
 from gnn_ooc.sampler.neighbor import NeighborSampler
 from gnn_ooc.sampler.plan import PlanSpec, plan_epochs
 from tests.conftest import write_raw
@@ -147,7 +150,7 @@ def test_background_planner_packs_each_epoch_and_release_removes_it(tmp_path: Pa
 def test_placement_from_plan_and_tiered_store(setup: tuple) -> None:
     import torch
 
-    from gnn_ooc.graphstore.tiering import (
+    from gnn_ooc.graphstore.features.tiering import (
         CacheBudgets,
         Placement,
         build_tiered_store,
@@ -189,8 +192,8 @@ def test_cli_pack(setup: tuple, capsys: pytest.CaptureFixture[str]) -> None:
 def test_settings_change_repacks_and_short_files_are_named(setup: tuple, tmp_path: Path) -> None:
     import torch
 
-    from gnn_ooc.graphstore.base import InputError
-    from gnn_ooc.graphstore.direct import DirectStore
+    from gnn_ooc.errors import InputError
+    from gnn_ooc.graphstore.features.direct import DirectStore
 
     ds, plan, x = setup
     cached = np.arange(0, 2000, 5)
@@ -210,21 +213,26 @@ def test_settings_change_repacks_and_short_files_are_named(setup: tuple, tmp_pat
         DirectStore(features_path(ds), torch.float16)
 
 
-def test_packed_reader_assembles_batches(setup: tuple) -> None:
+def test_the_assembler_forms_packed_batches(setup: tuple) -> None:
     import torch
 
-    from gnn_ooc.graphstore.pack import PackedReader
-    from gnn_ooc.graphstore.tiering import CacheBudgets, build_tiered_store, place_from_counts
+    from gnn_ooc.graphstore.features.tiering import (
+        CacheBudgets,
+        build_tiered_store,
+        place_from_counts,
+    )
+    from gnn_ooc.trainer.assemble import BatchAssembler
 
     ds, plan, x = setup
     placement = place_from_counts(plan.totals()[1], 96, CacheBudgets(gpu_cache=96 * 40, cpu_cache=96 * 100), cuda=False)
     spec = PackSpec(name="reader", segment_batches=4, pack_budget=160 * 1024)  # some segments stay unpacked
     pack_epoch(plan, 1, placement.cached, features_path(ds), spec)
     store = build_tiered_store(ds, placement)
-    reader = PackedReader(PackedEpoch(plan, 1, "reader"), store)
+    assembler = BatchAssembler(store)
+    assembler.begin(PackedEpoch(plan, 1, "reader"))
     for b in range(len(plan.epoch(1))):
         node = plan.epoch(1).nodes(b)
-        assert torch.equal(reader.batch(b), torch.from_numpy(x[node]))
+        assert torch.equal(assembler.batch(b), torch.from_numpy(x[node]))
     hits = store.stats.hits
     assert hits["packed"] > 0 and hits["disk"] > 0 and hits["device"] > 0
     assert store.stats.read_amplification > 1.0  # unpacked rows came by 4 KiB pages

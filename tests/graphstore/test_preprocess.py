@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gnn_ooc.graphstore import Dataset, PreprocessSpec
-from gnn_ooc.graphstore.preprocess import preprocess
+from gnn_ooc.graphstore.ingest.preprocess import preprocess
 from tests.conftest import random_graph, reference_csc, write_raw
 
 
@@ -106,7 +106,7 @@ def test_half_precision_features(tmp_path: Path, rng: np.random.Generator, dtype
     t = ds.features_torch()
     assert str(t.dtype) == f"torch.{dtype}" and tuple(t.shape) == (50, 8)
     np.testing.assert_allclose(t.float().numpy(), feats, rtol=1e-2, atol=1e-2)
-    from gnn_ooc.graphstore.stores import MemoryStore
+    from gnn_ooc.graphstore.features.stores import MemoryStore
 
     loaded = MemoryStore.of(ds)  # --mode memory: read into RAM, the stored dtype kept
     assert loaded.dtype == t.dtype and loaded.gather([3, 0]).float().equal(t[[3, 0]].float())
@@ -234,7 +234,7 @@ def test_ids_growing_through_the_file_widen_the_ranges(tmp_path: Path, rng: np.r
 
 
 def test_csc_builder_memory_stays_bounded_for_huge_late_ids(tmp_path: Path) -> None:
-    from gnn_ooc.graphstore.csc import CscBuilder
+    from gnn_ooc.graphstore.ingest.csc import CscBuilder
 
     b = CscBuilder(tmp_path, num_nodes=None, memory_budget=1 << 24)
     b.add(np.array([0, 1, 2]), np.array([1, 2, 0]))

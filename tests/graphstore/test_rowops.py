@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gnn_ooc.graphstore.rowops import move_rows, put_rows
+from gnn_ooc.graphstore.io.rowops import move_rows, put_rows
 
 
 def _source(rows: int, width: int, dtype: torch.dtype) -> torch.Tensor:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gnn_ooc.graphstore import directio
-from gnn_ooc.graphstore.runstreams import RunStreams
+from gnn_ooc.graphstore.io import directio
+from gnn_ooc.graphstore.io.runstreams import RunStreams
 
 HEADER = 4096
 

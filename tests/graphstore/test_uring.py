@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from gnn_ooc.capabilities import io_uring_available, o_direct_flag
-from gnn_ooc.graphstore.directio import open_read
-from gnn_ooc.graphstore.uring import UringReader
+from gnn_ooc.graphstore.io.directio import open_read
+from gnn_ooc.graphstore.io.uring import UringReader
 
 pytestmark = pytest.mark.skipif(not io_uring_available(), reason="io_uring is unavailable here "
                                 "(not Linux 5.6+, disabled by sysctl, or filtered by seccomp)")
@@ -145,7 +145,7 @@ def test_failures_mid_read_leave_nothing_behind(ring: UringReader, data_file: tu
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    from gnn_ooc.graphstore import uring
+    from gnn_ooc.graphstore.io import uring
 
     _, path = data_file
     fd = os.open(path, os.O_RDONLY)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gnn_ooc.graphstore.base import PreprocessSpec
-from gnn_ooc.graphstore.preprocess import preprocess
+from gnn_ooc.graphstore.ingest.base import PreprocessSpec
+from gnn_ooc.graphstore.ingest.preprocess import preprocess
 from gnn_ooc.tools.cli import main
 from gnn_ooc.tools.synth import SynthConfig, synth
 
@@ -113,7 +113,7 @@ def edit_consistently(dataset: Path, key: str, position: int, value: int) -> Non
 
     import numpy as np
 
-    from gnn_ooc.graphstore.npyfile import file_checksum
+    from gnn_ooc.graphstore.format.npyfile import file_checksum
 
     manifest = json.loads((dataset / "manifest.json").read_text())
     path = dataset / manifest["files"][key]["name"]

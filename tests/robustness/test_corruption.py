@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gnn_ooc.graphstore.base import ChecksumError
+from gnn_ooc.errors import ChecksumError
 from tests.robustness.conftest import TRAIN, edit_consistently, flip_byte
 
 
@@ -103,7 +103,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_batch_and_rows(dataset: Path
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Bytes that rot in memory after the checks: the loss turns NaN and the run stops, naming the
     batch and the nodes whose rows are not finite, instead of training on."""
-    from gnn_ooc.graphstore import stores
+    from gnn_ooc.graphstore.features import stores
     from gnn_ooc.trainer.base import TrainerError
     from gnn_ooc.trainer.config import TrainConfig
     from gnn_ooc.trainer.run import train

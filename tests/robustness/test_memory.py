@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gnn_ooc.graphstore.base import MemoryBudgetError
+from gnn_ooc.errors import MemoryBudgetError
 from gnn_ooc.memory import process_memory
 from gnn_ooc.trainer.budget import Shares
 from tests.robustness.conftest import gnn_ooc
@@ -23,8 +23,8 @@ SLACK = 6 << 20  # the meter samples every 50 ms; allocations are not instant ei
 @pytest.fixture(scope="module")
 def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Features of 100 MiB, more than the budget: 400 k nodes x 64 float32."""
-    from gnn_ooc.graphstore.base import PreprocessSpec
-    from gnn_ooc.graphstore.preprocess import preprocess
+    from gnn_ooc.graphstore.ingest.base import PreprocessSpec
+    from gnn_ooc.graphstore.ingest.preprocess import preprocess
     from gnn_ooc.tools.synth import SynthConfig, synth
 
     root = tmp_path_factory.mktemp("big")

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gnn_ooc.graphstore.base import PreprocessSpec
-from gnn_ooc.graphstore.dataset import Dataset
-from gnn_ooc.graphstore.preprocess import preprocess
+from gnn_ooc.graphstore.format.dataset import Dataset
+from gnn_ooc.graphstore.ingest.base import PreprocessSpec
+from gnn_ooc.graphstore.ingest.preprocess import preprocess
 from gnn_ooc.sampler.base import CorruptGraphError, SampleKey, Sampler, SamplerError
 from gnn_ooc.sampler.layerwise import LayerWiseSampler
 from gnn_ooc.sampler.neighbor import NeighborSampler

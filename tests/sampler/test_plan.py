@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gnn_ooc.graphstore.base import MemoryBudgetError, OutputError, PreprocessSpec
-from gnn_ooc.graphstore.dataset import Dataset
-from gnn_ooc.graphstore.preprocess import preprocess
+from gnn_ooc.errors import MemoryBudgetError, OutputError
+from gnn_ooc.graphstore.format.dataset import Dataset
+from gnn_ooc.graphstore.ingest.base import PreprocessSpec
+from gnn_ooc.graphstore.ingest.preprocess import preprocess
 from gnn_ooc.sampler.background import BackgroundPlanner
 from gnn_ooc.sampler.base import SampledSubgraph, SampleKey, Sampler
 from gnn_ooc.sampler.layerwise import LayerWiseSampler

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from gnn_ooc.graphstore.base import PreprocessSpec
-from gnn_ooc.graphstore.dataset import Dataset
-from gnn_ooc.graphstore.preprocess import preprocess
+from gnn_ooc.graphstore.format.dataset import Dataset
+from gnn_ooc.graphstore.ingest.base import PreprocessSpec
+from gnn_ooc.graphstore.ingest.preprocess import preprocess
 from tests.conftest import write_raw
 
 
@@ -52,7 +52,7 @@ class Peak:
 
 _MEASURE = """
 import json, sys
-from gnn_ooc.graphstore.dataset import Dataset
+from gnn_ooc.graphstore.format.dataset import Dataset
 from gnn_ooc.memory import release_free_memory, tune_allocator
 from gnn_ooc.sampler.neighbor import NeighborSampler
 from gnn_ooc.sampler.plan import Planner, PlanSpec

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gnn_ooc.graphstore.base import MemoryBudgetError, PreprocessSpec
-from gnn_ooc.graphstore.dataset import Dataset
-from gnn_ooc.graphstore.preprocess import preprocess
+from gnn_ooc.errors import MemoryBudgetError
+from gnn_ooc.graphstore.format.dataset import Dataset
+from gnn_ooc.graphstore.ingest.base import PreprocessSpec
+from gnn_ooc.graphstore.ingest.preprocess import preprocess
 from gnn_ooc.sampler.base import CorruptGraphError, SampleKey
 from gnn_ooc.sampler.kernels import set_threads
 from gnn_ooc.sampler.neighbor import NeighborSampler
@@ -424,7 +425,7 @@ def test_a_failed_write_behind_the_sweep_leaves_no_epoch(tmp_path: Path, monkeyp
 
 
 def test_a_second_planner_sweeps_while_the_first_builds_the_index(tmp_path: Path) -> None:
-    from gnn_ooc.graphstore.atomic import LockedDir
+    from gnn_ooc.graphstore.io.atomic import LockedDir
 
     ds = make_dataset(tmp_path)
     sampler = NeighborSampler(ds, [6, 4])

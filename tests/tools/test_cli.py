@@ -96,8 +96,8 @@ def test_sample_plans_grows_keeps_and_refuses(tmp_path: Path, capsys: pytest.Cap
 def test_benchmarks_remove_only_their_own_folders(tmp_path: Path) -> None:
     """A benchmark's ``--work`` pointed at a folder of the user's: its cleanup removes a run it made,
     never a folder of the same name that gnn-ooc did not write."""
-    from gnn_ooc.graphstore.owned import RUN, SYNTH_RAW
-    from gnn_ooc.tools.bench_preprocess import remove_own
+    from gnn_ooc.graphstore.io.owned import RUN, SYNTH_RAW
+    from gnn_ooc.tools.bench.preprocess import remove_own
 
     mine = tmp_path / "runs" / "capped"
     mine.mkdir(parents=True)

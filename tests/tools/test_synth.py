@@ -441,7 +441,7 @@ def test_overwrite_replaces_a_generated_graph_and_keeps_what_else_it_holds(tmp_p
 
 
 def test_overwrite_refuses_a_folder_synth_did_not_write(tmp_path: Path) -> None:
-    from gnn_ooc.graphstore.base import OutputError
+    from gnn_ooc.errors import OutputError
 
     out = tmp_path / "g"
     out.mkdir()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gnn_ooc.graphstore.base import PreprocessSpec
-from gnn_ooc.graphstore.preprocess import preprocess
+from gnn_ooc.graphstore.ingest.base import PreprocessSpec
+from gnn_ooc.graphstore.ingest.preprocess import preprocess
 from gnn_ooc.tools.synth import SynthConfig, synth
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from gnn_ooc.graphstore.dataset import Dataset
+from gnn_ooc.graphstore.format.dataset import Dataset
 from gnn_ooc.trainer.checkpoint import latest_checkpoint, load_checkpoint
 from gnn_ooc.trainer.config import ConfigError, TrainConfig
 from gnn_ooc.trainer.distributed import (

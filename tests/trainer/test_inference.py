@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from gnn_ooc.graphstore.base import PreprocessSpec
-from gnn_ooc.graphstore.dataset import Dataset
-from gnn_ooc.graphstore.preprocess import preprocess
+from gnn_ooc.graphstore.format.dataset import Dataset
+from gnn_ooc.graphstore.ingest.base import PreprocessSpec
+from gnn_ooc.graphstore.ingest.preprocess import preprocess
 from gnn_ooc.tools.cli import main
 from gnn_ooc.tools.synth import SynthConfig, synth
 from gnn_ooc.trainer import GCN, TorchBlock

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import gnn_ooc
-from gnn_ooc.graphstore.base import FeatureStore
-from gnn_ooc.graphstore.dataset import Dataset
+from gnn_ooc.graphstore.features.base import FeatureStore
+from gnn_ooc.graphstore.format.dataset import Dataset
 from gnn_ooc.sampler.base import SamplerError
 from gnn_ooc.sampler.layerwise import LayerWiseSampler
 from gnn_ooc.sampler.neighbor import NeighborSampler

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gnn_ooc.graphstore.base import MemoryBudgetError, OutputError
+from gnn_ooc.errors import MemoryBudgetError, OutputError
 from gnn_ooc.trainer.config import ConfigError, TrainConfig
 from gnn_ooc.trainer.pipeline import PipelineError
 from gnn_ooc.trainer.run import resume, train
@@ -136,12 +136,12 @@ def test_sigkill_resumes_from_last_checkpoint(dataset: Path, tmp_path: Path) -> 
 
 
 def test_failing_stage_surfaces_without_hanging(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gnn_ooc.trainer import sources
+    from gnn_ooc.trainer.assemble import BatchAssembler
 
-    def broken(self: Any, batch: Any) -> Any:
+    def broken(self: Any, *args: Any) -> Any:
         raise OSError("feature file vanished")
 
-    monkeypatch.setattr(sources.SampledSource, "_gather", broken)
+    monkeypatch.setattr(BatchAssembler, "assemble", broken)
     t0 = time.perf_counter()
     with pytest.raises(PipelineError, match="gather.*feature file vanished"):
         train(config(dataset, tmp_path / "run", mode="memory"), say=quiet)
@@ -171,13 +171,13 @@ def test_failing_assembly_while_reads_wait_for_buffers(dataset: Path, tmp_path: 
     the pipeline must still stop it (the buffer pool watches the pipeline's stop flag)."""
     import threading
 
-    from gnn_ooc.trainer import sources
+    from gnn_ooc.trainer.assemble import BatchAssembler
 
-    def broken(self: Any, item: Any) -> Any:
+    def broken(self: Any, *args: Any) -> Any:
         time.sleep(0.5)  # long enough for the read stage to take both buffers and wait
         raise OSError("assembly failed")
 
-    monkeypatch.setattr(sources.OfflineSource, "_assemble", broken)
+    monkeypatch.setattr(BatchAssembler, "assemble", broken)
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -197,9 +197,9 @@ def test_failing_assembly_while_reads_wait_for_buffers(dataset: Path, tmp_path: 
 def test_half_precision_features_train_in_fp32(tmp_path: Path) -> None:
     """float16 features (``synth --feature-dtype float16``, kept by ``preprocess --feature-dtype float16``)
     train an fp32 model in every mode, on the same batches and losses as each other."""
-    from gnn_ooc.graphstore.base import PreprocessSpec
-    from gnn_ooc.graphstore.dataset import Dataset
-    from gnn_ooc.graphstore.preprocess import preprocess
+    from gnn_ooc.graphstore.format.dataset import Dataset
+    from gnn_ooc.graphstore.ingest.base import PreprocessSpec
+    from gnn_ooc.graphstore.ingest.preprocess import preprocess
     from gnn_ooc.tools.synth import SynthConfig, synth
 
     raw = tmp_path / "raw"

@@ -57,10 +57,10 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_device_cache_rows_are_left_out_of_the_host_buffer_and_placed_after_the_copy(dataset: Any) -> None:
     """What the h2d stage does on the GPU, run on the CPU: the host assembles only the rows the
     device cache lacks; ``place_device_rows`` completes the batch equal to an in-memory gather."""
-    from gnn_ooc.graphstore.cache import RowCache
-    from gnn_ooc.graphstore.dataset import Dataset
-    from gnn_ooc.graphstore.stores import MemoryStore
-    from gnn_ooc.graphstore.tiered import TieredStore
+    from gnn_ooc.graphstore.features.cache import RowCache
+    from gnn_ooc.graphstore.features.stores import MemoryStore
+    from gnn_ooc.graphstore.features.tiered import TieredStore
+    from gnn_ooc.graphstore.format.dataset import Dataset
     from gnn_ooc.sampler.neighbor import NeighborSampler
     from gnn_ooc.trainer.loop import iter_batches
     from gnn_ooc.trainer.sources import SampledSource
@@ -86,8 +86,8 @@ def test_device_cache_rows_are_left_out_of_the_host_buffer_and_placed_after_the_
 
 
 def test_offline_batches_defer_device_rows_too(dataset: Any, tmp_path: Any) -> None:
-    from gnn_ooc.graphstore.dataset import Dataset
-    from gnn_ooc.graphstore.stores import MemoryStore
+    from gnn_ooc.graphstore.features.stores import MemoryStore
+    from gnn_ooc.graphstore.format.dataset import Dataset
     from gnn_ooc.trainer.config import TrainConfig
     from gnn_ooc.trainer.loop import iter_batches
     from gnn_ooc.trainer.run import build_sources
