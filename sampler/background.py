@@ -34,9 +34,9 @@ from typing import IO, Any, BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 
-from gnn_ooc.graphstore.atomic import remove_dir, remove_stale
-from gnn_ooc.graphstore.base import GnnOocError
-from gnn_ooc.graphstore.dataset import Dataset
+from gnn_ooc.errors import GnnOocError
+from gnn_ooc.graphstore.format.dataset import Dataset
+from gnn_ooc.graphstore.io.atomic import remove_dir, remove_stale
 from gnn_ooc.memory import process_memory, release_free_memory, tune_allocator
 from gnn_ooc.sampler.base import Sampler
 from gnn_ooc.sampler.plan import EpochPlan, PlanError, Planner, PlanSpec
@@ -267,7 +267,7 @@ def _child(stdin: BinaryIO, out: BinaryIO) -> None:
                 return  # the trainer is gone
             planner.plan_epoch(e)
             if pack is not None:
-                from gnn_ooc.graphstore.pack import pack_epoch
+                from gnn_ooc.graphstore.pack.writer import pack_epoch
 
                 pack_epoch(planner.plan, e, pack[1], Path(str(features)), pack[0],
                            features_checksum=entry.checksum if entry else None)

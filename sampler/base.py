@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gnn_ooc.graphstore.base import GnnOocError
+from gnn_ooc.errors import GnnOocError
 
 _MASK64 = (1 << 64) - 1
 

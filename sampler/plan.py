@@ -44,10 +44,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from gnn_ooc.graphstore.atomic import LockedDir, Staging, _fsync_dir, remove_dir, remove_stale
-from gnn_ooc.graphstore.base import ChecksumError, GnnOocError, MemoryBudgetError
-from gnn_ooc.graphstore.dataset import Dataset, check_file_size
-from gnn_ooc.graphstore.npyfile import (
+from gnn_ooc.errors import ChecksumError, GnnOocError, MemoryBudgetError
+from gnn_ooc.graphstore.format.dataset import Dataset, check_file_size
+from gnn_ooc.graphstore.format.npyfile import (
     Behind,
     NpyWriter,
     WriteBehind,
@@ -55,7 +54,8 @@ from gnn_ooc.graphstore.npyfile import (
     write_array,
     write_bytes_entry,
 )
-from gnn_ooc.graphstore.owned import PLAN, check_name
+from gnn_ooc.graphstore.io.atomic import LockedDir, Staging, _fsync_dir, remove_dir, remove_stale
+from gnn_ooc.graphstore.io.owned import PLAN, check_name
 from gnn_ooc.memory import allocator_slack
 from gnn_ooc.progress import bar
 from gnn_ooc.sampler.base import SampledSubgraph, SampleKey, Sampler

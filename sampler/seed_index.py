@@ -35,15 +35,15 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from gnn_ooc.graphstore.atomic import Staging
-from gnn_ooc.graphstore.base import GnnOocError
-from gnn_ooc.graphstore.npyfile import (
+from gnn_ooc.errors import GnnOocError
+from gnn_ooc.graphstore.format.npyfile import (
     FileEntry,
     NpyWriter,
     file_checksum,
     write_array,
     write_bytes_entry,
 )
+from gnn_ooc.graphstore.io.atomic import Staging
 from gnn_ooc.sampler.sweep import Source, SweepSampler
 
 INDEX_JSON = "first-hop.json"

@@ -50,8 +50,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from numba import njit, prange
 
-from gnn_ooc.graphstore.base import DiskSpaceError
-from gnn_ooc.graphstore.directio import PAGE, open_read, write_all
+from gnn_ooc.errors import DiskSpaceError
+from gnn_ooc.graphstore.io.directio import PAGE, open_read, write_all
 from gnn_ooc.sampler import kernels
 from gnn_ooc.sampler.base import (
     CorruptGraphError,

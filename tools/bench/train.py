@@ -102,10 +102,13 @@ def train_command(args: argparse.Namespace, way: str, run: Path) -> list[str]:
 
 
 def memory_way_budget(args: argparse.Namespace) -> int:
-    """The reference holds the features in RAM: its budget is theirs plus what the capped ways get
-    (a budget smaller than the features is refused in memory mode)."""
+    """The reference holds the features in RAM: its budget is theirs plus what the capped ways get,
+    plus the allocator's slack on both (a twelfth of a budget: ``memory.allocator_slack``; a budget
+    that cannot hold the features is refused in memory mode)."""
     feats = args.work / "dataset" / "features.npy"
-    return int(feats.stat().st_size) + args.budget if feats.is_file() else args.budget
+    if not feats.is_file():
+        return int(args.budget)
+    return (int(feats.stat().st_size) + int(args.budget)) * 12 // 11 + (1 << 20)
 
 
 def run_way(args: argparse.Namespace, way: str) -> dict[str, Any]:
