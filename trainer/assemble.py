@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from gnn_ooc.errors import DatasetError
 from gnn_ooc.graphstore.features.base import FeatureStore
 from gnn_ooc.graphstore.io.rowops import move_rows
 from gnn_ooc.graphstore.pack.reader import PackedEpoch
@@ -79,13 +80,28 @@ class BatchAssembler:
         self._current: Segment | None = None  # the segment the read stage last read
         self._held: Segment | None = None  # the segment ``batch`` holds until it moves on
         self.segment_reads = self.segment_bytes = 0
+        # a future-aware device cache among the store's tiers, stepped to each batch before it is
+        # assembled (offline training; its fills come from the batch's segment)
+        self.future: Any = None
 
     # --- epochs --------------------------------------------------------------------------------
-    def begin(self, packed: PackedEpoch | None) -> None:
-        """Assemble from ``packed`` (None: every row from the store) until ``end``."""
+    def begin(self, packed: PackedEpoch | None, epoch: Any = None) -> None:
+        """Assemble from ``packed`` (None: every row from the store) until ``end``; with a future
+        cache, ``epoch`` (its plan) is what the cache follows, and ``packed`` must be packed for it."""
         self.end()
         self.packed, self._current = packed, None
         self._segments.forget_taken()
+        if self.future is not None:
+            if packed is None or packed.cache != self.future.serving.identity():
+                raise DatasetError(f"{None if packed is None else packed.path}: not packed for this run's "
+                                   "future-aware cache (its size, window or pinned rows differ): pack the epoch again")
+            self.future.begin(epoch)
+
+    def start(self, b: int) -> None:
+        """The first batch this epoch's pipeline assembles: a future cache replays the steps before
+        it (a resume), so that batch ``b`` finds the tiers as a run that never stopped would."""
+        if self.future is not None and b > 0 and self.future.step < b - 1:
+            self.future.skip_to(b)
 
     def end(self) -> None:
         if self._held is not None:
@@ -135,6 +151,10 @@ class BatchAssembler:
         out, give_back = self._feature_buffers().take(int(node.size))
         try:
             self._gather(node, pos, None if segment is None else segment.rows, out)
+            if self.future is not None and b is not None:
+                # the batch was served by the tiers as they were; now the cache takes in what of it
+                # is worth keeping, from the segment still at hand (the packer ran the same steps)
+                self.future.prefetch(b, self._fill(b, segment))
         finally:
             if segment is not None:
                 segment.done()
@@ -154,6 +174,29 @@ class BatchAssembler:
             self._held = segment
         x, _, _ = self.assemble(self.packed.epoch_plan.nodes(b), b, segment)
         return x
+
+    def _fill(self, b: int, segment: Segment | None) -> Callable[[np.ndarray, Any], None]:
+        """Where the future cache's entering rows at batch ``b`` come from: the batch's segment
+        (the packer put them in its run), or the backing store for an unpacked segment."""
+        import torch
+
+        assert self.packed is not None
+        packed, at = self.packed, self.packed.fill_rows(b)
+
+        def fill(ids: np.ndarray, out: Any) -> None:
+            if at.size != ids.size:
+                raise DatasetError(f"{packed.path}: batch {b} packs {at.size} rows for the cache, whose policy "
+                                   f"loads {ids.size}: packed for another cache (pack the epoch again)")
+            here = at >= 0 if segment is not None else np.zeros(at.size, bool)
+            if here.any():
+                rows = torch.from_numpy(segment.rows)  # type: ignore[union-attr]
+                rows = rows.view(out.dtype) if rows.dtype != out.dtype else rows
+                move_rows(rows, torch.from_numpy(at[here]), out, torch.from_numpy(np.flatnonzero(here)))
+            rest = np.flatnonzero(~here)
+            if rest.size:
+                self.future.backing.gather_at(torch.from_numpy(ids[rest]), out, torch.from_numpy(rest))
+
+        return fill
 
     def _split(self, node: np.ndarray) -> tuple[np.ndarray | None, DeviceRows | None]:
         """Indices of ``node`` the host assembles (None: all) and the device cache's share."""

@@ -26,6 +26,7 @@ from gnn_ooc.errors import GnnOocError
 from gnn_ooc.units import parse_size
 
 MODES = ("auto", "offline", "online", "memory", "mmap")
+CACHES = ("static", "future")
 MODELS = ("sage", "gcn", "gat")
 NORMS = ("none", "batch", "layer")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -69,6 +70,11 @@ class TrainConfig:
                               size=True)
     gpu_cache: int | None = _opt(None, "device cache bytes (default: from the memory budget)", size=True)
     cpu_cache: int | None = _opt(None, "pinned host cache bytes (default: from the memory budget)", size=True)
+    cache: str = _opt("static", "the device cache offline: static (the hottest rows by the plan's access counts, "
+                                "fixed) or future (follows the plan: Belady over --cache-window batches, with a victim "
+                                "buffer of half the pinned cache; the rows it will hold are not packed)",
+                      choices=CACHES)
+    cache_window: int = _opt(16, "batches the future-aware cache looks ahead")
     pack_budget: str | None = _opt(None, "disk bytes for packed segments, or a multiple of the feature file (2x)")
     segment_batches: int = _opt(0, "batches per packed segment (0: as many as a segment buffer, an eighth of "
                                    "the memory budget, holds; at most 64)")
@@ -110,7 +116,7 @@ class TrainConfig:
     def check(self) -> None:
         if not self.dataset:
             raise ConfigError("dataset: required (gnn-ooc train DATASET or dataset: in the config file)")
-        for name in ("batch_size", "epochs", "hidden", "heads", "keep_epochs", "prefetch"):
+        for name in ("batch_size", "epochs", "hidden", "heads", "keep_epochs", "prefetch", "cache_window"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: {getattr(self, name)}, expected >= 1")
         if self.eval_every < 0:
@@ -123,6 +129,8 @@ class TrainConfig:
             raise ConfigError(f"fanouts: {self.fanouts}, expected positive counts or -1 (all), one per layer")
         if self.plan is not None and self.mode not in ("auto", "offline"):
             raise ConfigError(f"plan: {self.plan!r} is for offline training; mode is {self.mode}")
+        if self.cache == "future" and self.mode not in ("auto", "offline"):
+            raise ConfigError(f"cache: future follows a plan (offline training); mode is {self.mode}")
         if self.eval_fanouts is not None and len(self.eval_fanouts) != len(self.fanouts):
             raise ConfigError(f"eval_fanouts: {len(self.eval_fanouts)} hops, the model has {len(self.fanouts)}")
 

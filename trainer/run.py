@@ -45,6 +45,7 @@ from gnn_ooc.graphstore.features.tiering import (
     CacheBudgets,
     Placement,
     build_tiered_store,
+    place_for_future,
     place_from_counts,
 )
 from gnn_ooc.graphstore.format.dataset import Dataset
@@ -430,7 +431,7 @@ class OfflineEpochs:
                 f"{format_size(segment_limit)})")
         self.placement = placement(self.plan)
         entry = ds.manifest.files["features"]
-        stats = pack_epoch(self.plan, self.first, self.placement.cached, ds.path / entry.name, self.pack_spec,
+        stats = pack_epoch(self.plan, self.first, self.placement.serving, ds.path / entry.name, self.pack_spec,
                            progress=say, features_checksum=entry.checksum, bars=bars)
         if stats.passes == 0:  # nothing to pack (all cached, or kept from before): check the rows now
             verify_entry(ds.path, entry, direct=True)
@@ -443,7 +444,7 @@ class OfflineEpochs:
         if rest and self.background is None:
             # the first epoch is one of the kept ones: while it trains the child packs the next, and
             # the one after as soon as it is released (the child once waited for the next's release)
-            pack = None if self.placement is None else (self.pack_spec, self.placement.cached)
+            pack = None if self.placement is None else (self.pack_spec, self.placement.serving)
             self.background = BackgroundPlanner(ds, sampler, plan_spec, rest, keep_epochs=keep, pack=pack,
                                                 nice=BACKGROUND_NICE, held=1, kept=self.kept,
                                                 on_ready=on_ready).__enter__()
@@ -499,6 +500,9 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: Sampler, eval_sampler: Samp
     planner for the next epochs. With a ``user_store`` the epochs are planned ahead the same way,
     but nothing is packed or cached: every row is gathered from that store."""
     plan_name = cfg.plan or "run-" + hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:12]
+    if cfg.cache == "future" and (world > 1 or user_store is not None):
+        raise ConfigError("cache: future runs in one process over gnn-ooc's own tiers (not yet under DDP, nor "
+                          "with a store of your own); use --cache static")
     if cfg.plan is not None and world > 1:
         raise ConfigError("plan: a shared plan under DDP is not supported yet (each rank plans its own); "
                           "leave --plan out")
@@ -516,8 +520,10 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: Sampler, eval_sampler: Samp
     budgets = _cache_budgets(shares)
 
     def placement(plan: Any) -> Placement:
-        counts = plan.epoch(first_epoch).access_counts()
-        return place_from_counts(np.asarray(counts), row_bytes, budgets, cuda_available())
+        counts = np.asarray(plan.epoch(first_epoch).access_counts())
+        if cfg.cache == "future":
+            return place_for_future(counts, row_bytes, budgets, cuda_available(), cfg.cache_window)
+        return place_from_counts(counts, row_bytes, budgets, cuda_available())
 
     if cfg.plan is not None:
         check_plan_fits(ds, cfg.plan, sampler, plan_spec)
@@ -535,8 +541,11 @@ def _offline(cfg: TrainConfig, ds: Dataset, sampler: Sampler, eval_sampler: Samp
         ds, epochs.placement, device=device, max_buffer=max(1 << 20, shares.reads))
     epochs.start_background()
     cuda = device.type == "cuda"
+    future = getattr(store, "future", None)
+    # the future cache's slots change at the next batch's step: its rows are gathered on the host,
+    # not left to the copy stage (which runs after that step)
     train_src = OfflineSource(epochs, labels, store, rank=rank, world=world, sampler=sampler,
-                              on_close=epochs.close, pin=cuda, defer_device=cuda)
+                              on_close=epochs.close, pin=cuda, defer_device=cuda and future is None, future=future)
     # the evaluation's segment buffers go back after each evaluation
     evals: dict[str, BatchSource] = {
         split: OfflineSource(f, labels, store, sampler=eval_sampler, on_close=f.remove, hold_buffers=False,

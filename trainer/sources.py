@@ -199,9 +199,11 @@ class OfflineSource(BatchSource):
     def __init__(self, epochs: EpochSource, labels: np.ndarray, store: FeatureStore, *,
                  rank: int = 0, world: int = 1, sampler: Sampler | None = None,
                  on_close: Callable[[], None] | None = None, hold_buffers: bool = True, pin: bool = False,
-                 even: bool = True, defer_device: bool = False) -> None:
+                 even: bool = True, defer_device: bool = False, future: Any = None) -> None:
         super().__init__(labels, store, rank=rank, world=world, sampler=sampler, pin=pin, even=even,
                          defer_device=defer_device)
+        # a future-aware device cache in ``store`` that this source steps batch by batch (training)
+        self.assembler.future = future
         self._on_close = on_close
         self._hold_buffers = hold_buffers  # False: the segment buffers are freed at each epoch's end
         self.epochs = epochs
@@ -209,7 +211,7 @@ class OfflineSource(BatchSource):
 
     def begin_epoch(self, epoch: int) -> None:
         self._plan = self.epochs.wait(epoch)
-        self.assembler.begin(self.epochs.packed(epoch))  # an epoch begun again closes the last one
+        self.assembler.begin(self.epochs.packed(epoch), self._plan)  # an epoch begun again closes the last one
 
     def end_epoch(self, epoch: int) -> None:
         self.assembler.end()
@@ -225,6 +227,7 @@ class OfflineSource(BatchSource):
     def stages(self, epoch: int, start: int) -> tuple[Iterator[Any], list[Stage]]:
         todo = self.local_batches(epoch)[start:]
         plan = self._plan
+        self.assembler.start(int(todo[0]) if todo.size else 0)
         items = (TrainBatch(epoch, int(b), plan.batch(int(b))) for b in todo)
         read = self.assembler.read
         return items, [("read", lambda batch: (batch, read(batch.index, todo))),

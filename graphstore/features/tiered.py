@@ -29,6 +29,8 @@ class TieredStore(FeatureStore):
         super().__init__(backing.num_rows, backing.dim, backing.dtype, device)
         self.caches = list(caches)
         self.backing = backing
+        # a future-aware device cache among the tiers: the training source steps it batch by batch
+        self.future: Any = None
 
     def _gather(self, ids: Any, out: Any) -> None:
         import torch

@@ -21,7 +21,17 @@ import numpy as np
 
 from gnn_ooc.graphstore.features.cache import RowCache
 from gnn_ooc.graphstore.features.direct import DirectStore
-from gnn_ooc.graphstore.features.policies.static import place_by_hotness, rows_for_budget
+from gnn_ooc.graphstore.features.policies.base import Serving
+from gnn_ooc.graphstore.features.policies.future import (
+    FUTURE_SLOT_OVERHEAD,
+    FutureAwareCache,
+    FutureServing,
+)
+from gnn_ooc.graphstore.features.policies.static import (
+    StaticServing,
+    place_by_hotness,
+    rows_for_budget,
+)
 from gnn_ooc.graphstore.features.stores import MmapStore
 from gnn_ooc.graphstore.features.tiered import TieredStore
 from gnn_ooc.graphstore.format.npyfile import write_array
@@ -51,14 +61,21 @@ class CacheBudgets:
 
 @dataclass(frozen=True)
 class Placement:
-    """Which rows each cache holds (sorted global ids)."""
+    """Which rows each static cache holds (sorted global ids), and the future-aware device cache
+    when there is one (its rows follow the plan: ``future`` says how, for the packer and the store)."""
 
     device: np.ndarray
     pinned: np.ndarray
+    future: FutureServing | None = None
 
     @property
     def cached(self) -> np.ndarray:
         return np.union1d(self.device, self.pinned)
+
+    @property
+    def serving(self) -> Serving:
+        """The caches as the packer sees them."""
+        return self.future if self.future is not None else StaticServing(self.cached)
 
     def save(self, folder: Path) -> None:
         """Write both id files into a staged folder renamed into place: never half of a placement."""
@@ -79,13 +96,33 @@ def place_from_counts(counts: np.ndarray, row_bytes: int, budgets: CacheBudgets,
     return Placement(dev, pin)
 
 
+def place_for_future(counts: np.ndarray, row_bytes: int, budgets: CacheBudgets, cuda: bool, window: int) -> Placement:
+    """The future-aware device cache in the device budget, a victim buffer of half the pinned
+    budget, and a static pinned cache of the hottest rows in the other half."""
+    device_bytes, pinned_bytes = budgets.resolve(cuda)
+    slot = row_bytes + RowCache.SLOT_OVERHEAD
+    tracked = row_bytes + FUTURE_SLOT_OVERHEAD
+    victim = rows_for_budget(pinned_bytes // 2, tracked)
+    (pin,) = place_by_hotness(counts, [rows_for_budget(pinned_bytes - pinned_bytes // 2, slot)])
+    future = FutureServing(rows_for_budget(device_bytes, tracked), victim, int(counts.shape[0]), window, pinned=pin)
+    return Placement(np.empty(0, np.int64), pin, future)
+
+
 def build_tiered_store(dataset: Any, placement: Placement, *, backing: str = "direct", device: Any = "cpu",
                        threads: int = 8, max_buffer: int = 32 << 20) -> TieredStore:
     """Caches filled from the backing store (sorted reads), then the backing store for the rest
     (direct reads through a buffer of at most ``max_buffer`` bytes)."""
     with DirectStore.of(dataset, threads=threads, max_buffer=max_buffer) as filler:  # its buffers go when filled
-        caches = [RowCache.filled("device", placement.device, filler, device=device),
-                  RowCache.filled("pinned", placement.pinned, filler)]
+        caches: list[Any] = [RowCache.filled("device", placement.device, filler, device=device),
+                             RowCache.filled("pinned", placement.pinned, filler)]
     store = (DirectStore.of(dataset, threads=threads, max_buffer=max_buffer) if backing == "direct"
              else MmapStore.of(dataset))
-    return TieredStore(caches, store, device=device)
+    future = None
+    if placement.future is not None:  # its tiers first; it fills itself epoch by epoch
+        f = placement.future
+        future = FutureAwareCache(f.capacity, store.dim, store.dtype, device, store, None, f.window,
+                                  victim_rows=f.victim_rows, serving=f)
+        caches = [*future.tiers(), caches[1]]
+    tiered = TieredStore(caches, store, device=device)
+    tiered.future = future
+    return tiered

@@ -8,6 +8,10 @@ A pack sits beside the plan's epochs::
     PLAN/packs/NAME/epoch-000003/positions.npy    int32, aligned with the epoch's nodes.npy: the row
                                                   of each batch node in its segment; -1 = cached,
                                                   -2 = in an unpacked segment
+    PLAN/packs/NAME/epoch-000003/fills.npy        int32: per batch, the segment row of each row a
+                                                  cache loads at the batch's step (the future-aware
+                                                  cache's fills, in its order; -2 = unpacked)
+    PLAN/packs/NAME/epoch-000003/fill_index.npy   int64 [B + 1]: where each batch's fills start
     PLAN/packs/NAME/epoch-000003/segment-000000.npy   [rows, D] features (the dataset's dtype)
     PLAN/packs/NAME/placement/                    the cache placement the packs were made for
 
@@ -18,19 +22,16 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gnn_ooc.errors import ChecksumError, DatasetError
 from gnn_ooc.graphstore.io.owned import check_name
 
 PACK_FORMAT = "gnn-ooc-pack"
-PACK_VERSION = 2  # 2: rows in order of first use (1: id order)
+PACK_VERSION = 3  # 3: the rows caches load per step (fills); 2: rows in order of first use; 1: id order
 CACHED, UNPACKED = -1, -2
 
 
@@ -96,9 +97,3 @@ class PackSpec:
     def identity(self) -> dict[str, Any]:
         """The settings an existing pack must match to be kept."""
         return {"segment_batches": self.segment_batches, "pack_budget": self.pack_budget, "version": PACK_VERSION}
-
-
-def cache_digest(cached_ids: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(np.sort(cached_ids), dtype=np.int64).tobytes()).hexdigest()[:32]
-
-

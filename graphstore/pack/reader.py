@@ -50,9 +50,12 @@ class PackedEpoch:
             if seg["packed"]:
                 self._check_size(seg)
         # read per batch through a memory map: checked whole here (4 bytes per batch node)
-        verify_entry(self.path, FileEntry(**{k: self.meta["positions"][k] for k in ("name", "size", "checksum")}),
-                     recorded_in="pack.json")
+        for key in ("positions", "fills", "fill_index"):
+            verify_entry(self.path, FileEntry(**{k: self.meta[key][k] for k in ("name", "size", "checksum")}),
+                         recorded_in="pack.json")
         self._positions = np.load(self.path / "positions.npy", mmap_mode="r")
+        self._fills = np.load(self.path / "fills.npy", mmap_mode="r")
+        self._fill_index = np.load(self.path / "fill_index.npy")
         # opened now: a pack replaced while this epoch trains cannot mix new segments with old positions
         self._fds = {k: open_read(self.path / seg["name"])[0] for k, seg in enumerate(self.meta["segments"])
                      if seg["packed"]}
@@ -74,6 +77,17 @@ class PackedEpoch:
     def positions(self, batch: int) -> np.ndarray:
         index = self.epoch_plan.index
         return np.asarray(self._positions[index[batch, 0] : index[batch + 1, 0]], dtype=np.int64)
+
+    def fill_rows(self, batch: int) -> np.ndarray:
+        """The segment rows of the rows a cache loads at batch ``batch``'s step, in the cache's order
+        (``UNPACKED`` where the segment is not packed); empty for static caches."""
+        lo, hi = int(self._fill_index[batch]), int(self._fill_index[batch + 1])
+        return np.asarray(self._fills[lo:hi], dtype=np.int64)
+
+    @property
+    def cache(self) -> dict[str, Any]:
+        """The cache policy this epoch was packed for (``Serving.identity()``)."""
+        return dict(self.meta["cache"])
 
     def read_segment(self, k: int, *, verify: bool = True, buffer: mmap.mmap | None = None) -> np.ndarray:
         """Segment ``k``'s rows ([rows, D], the dataset's dtype) from one sequential (O_DIRECT) read.
@@ -116,7 +130,8 @@ class PackedEpoch:
 
     def verify(self) -> None:
         """Check every file's size and CRC-32; raises ``ChecksumError`` naming the first bad one."""
-        for entry in [self.meta["positions"], *[s for s in self.meta["segments"] if s["packed"]]]:
+        for entry in [self.meta["positions"], self.meta["fills"], self.meta["fill_index"],
+                      *[s for s in self.meta["segments"] if s["packed"]]]:
             self._check_size(entry)
             path = self.path / entry["name"]
             if file_checksum(path) != entry["checksum"]:

@@ -39,6 +39,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from gnn_ooc.errors import ChecksumError, DatasetError, GnnOocError, MemoryBudgetError
+from gnn_ooc.graphstore.features.policies.base import Serving
+from gnn_ooc.graphstore.features.policies.static import StaticServing
 from gnn_ooc.graphstore.format.base import DATA_ALIGNMENT, FileEntry
 from gnn_ooc.graphstore.format.integrity import REBUILD
 from gnn_ooc.graphstore.format.npyfile import (
@@ -46,6 +48,7 @@ from gnn_ooc.graphstore.format.npyfile import (
     crc32_combine,
     format_checksum,
     npy_header,
+    write_array,
     write_bytes_entry,
 )
 from gnn_ooc.graphstore.io.atomic import Staging
@@ -57,7 +60,6 @@ from gnn_ooc.graphstore.pack.format import (
     PACK_VERSION,
     UNPACKED,
     PackSpec,
-    cache_digest,
     epoch_dir,
     read_meta,
 )
@@ -90,6 +92,8 @@ class _Segment:
     run_of: np.ndarray     # per id: the batch (within the segment) that uses it first
     runs: np.ndarray       # [batches + 1] row offsets of each batch's run in the file
     positions: np.ndarray  # per node of the segment's batches: its row in the segment, or CACHED
+    fills: np.ndarray      # per id the caches load at a step of these batches: its row in the segment
+    fill_counts: np.ndarray  # [batches] how many of ``fills`` each batch's step loads
     packed: bool = True
 
     @property
@@ -98,38 +102,50 @@ class _Segment:
         return int(self.ids.nbytes + self.run_of.nbytes + self.runs.nbytes)
 
 
-def _segment(nodes: np.ndarray, batch_starts: np.ndarray, cached_sorted: np.ndarray, first_batch: int) -> _Segment:
-    """Plan one segment: ``batch_starts`` are its batches' offsets into ``nodes`` (from 0)."""
+def _segment(nodes: np.ndarray, batch_starts: np.ndarray, served: np.ndarray, fills: list[np.ndarray],
+             first_batch: int) -> _Segment:
+    """Plan one segment: ``batch_starts`` are its batches' offsets into ``nodes`` (from 0), ``served``
+    marks the nodes the caches serve, ``fills[j]`` the ids the caches load at batch ``j``'s step.
+    A batch's run holds its fills and its nodes the caches do not serve that a run before it
+    does not hold already."""
     nodes = np.asarray(nodes, dtype=np.int64)
-    miss = np.flatnonzero(~_isin_sorted(nodes, cached_sorted))
-    ids, first, inverse = np.unique(nodes[miss], return_index=True, return_inverse=True)  # once per segment
     batches = batch_starts.size - 1
+    miss = np.flatnonzero(~served)
+    node_run = np.searchsorted(batch_starts, miss, side="right") - 1
+    fill_counts = np.array([f.size for f in fills], np.int64)
+    fill_ids = np.concatenate(fills).astype(np.int64) if fills else np.empty(0, np.int64)
+    fill_run = np.repeat(np.arange(batches), fill_counts)
+    want = np.concatenate([fill_ids, nodes[miss]])
+    want_run = np.concatenate([fill_run, node_run])
+    by_batch = np.argsort(want_run, kind="stable")  # so a row's first occurrence is its first batch
+    ids, first, inverse = np.unique(want[by_batch], return_index=True, return_inverse=True)  # once per segment
     run_dtype = np.uint16 if batches <= 1 << 16 else np.int32
-    run_of = (np.searchsorted(batch_starts, miss[first], side="right") - 1).astype(run_dtype)
+    run_of = want_run[by_batch][first].astype(run_dtype)
     runs = np.zeros(batches + 1, np.int64)
     np.cumsum(np.bincount(run_of, minlength=batches), out=runs[1:])
     row = np.empty(ids.size, np.int64)  # ids sorted by (first batch, id): the file's order
     row[np.argsort(run_of, kind="stable")] = np.arange(ids.size)
+    entry_row = np.empty(want.size, np.int64)
+    entry_row[by_batch] = row[inverse]
     positions = np.full(nodes.size, CACHED, np.int32)  # int32: half the planning memory per node
-    positions[miss] = row[inverse]
-    return _Segment(first_batch, batches, ids, run_of, runs, positions)
+    positions[miss] = entry_row[fill_ids.size :]
+    return _Segment(first_batch, batches, ids, run_of, runs, positions,
+                    entry_row[: fill_ids.size].astype(np.int32), fill_counts)
 
 
-def _isin_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    if sorted_set.size == 0:
-        return np.zeros(values.shape, bool)
-    pos = np.minimum(np.searchsorted(sorted_set, values), sorted_set.size - 1)
-    return sorted_set[pos] == values
-
-
-def plan_segments(epoch_plan: Any, cached_ids: np.ndarray, segment_batches: int) -> Iterator[_Segment]:
-    """The segments of an epoch, one at a time: which rows each stores and where each batch node is."""
-    cached_sorted = np.unique(np.asarray(cached_ids, dtype=np.int64))
+def plan_segments(epoch_plan: Any, serving: Serving, segment_batches: int) -> Iterator[_Segment]:
+    """The segments of an epoch, one at a time: which rows each stores and where each batch node
+    is, for the caches ``serving`` says serve what (``features.policies.base.Serving``)."""
     index, nodes = epoch_plan.index, epoch_plan._nodes
+    serving.begin(epoch_plan)
     for b0 in range(0, len(epoch_plan), segment_batches):
         b1 = min(len(epoch_plan), b0 + segment_batches)
         starts = np.asarray(index[b0 : b1 + 1, 0], dtype=np.int64)
-        yield _segment(nodes[starts[0] : starts[-1]], starts - starts[0], cached_sorted, b0)
+        seg_nodes = np.asarray(nodes[starts[0] : starts[-1]], dtype=np.int64)
+        rel = starts - starts[0]
+        steps = [serving.step(b, seg_nodes[rel[b - b0] : rel[b - b0 + 1]]) for b in range(b0, b1)]
+        served = np.concatenate([m for m, _ in steps]) if steps else np.zeros(0, bool)
+        yield _segment(seg_nodes, rel, served, [f for _, f in steps], b0)
 
 
 # --- the scatter pass ------------------------------------------------------------------------------
@@ -301,10 +317,14 @@ def fit_segment_batches(epoch_plan: Any, row_bytes: int, limit: int, most: int =
 
 
 # --- packing an epoch ------------------------------------------------------------------------------
-def pack_epoch(plan: Any, epoch: int, cached_ids: np.ndarray, features_path: str | os.PathLike[str],
+def pack_epoch(plan: Any, epoch: int, cached_ids: np.ndarray | Serving, features_path: str | os.PathLike[str],
                spec: PackSpec | None = None, *, progress: Any = None, features_checksum: str | None = None,
                bars: bool = False) -> PackStats:
     """Pack epoch ``epoch`` of ``plan`` (atomically; an existing pack for the same caches is kept).
+
+    ``cached_ids``: the rows static caches hold, or a ``Serving`` (a cache policy as the packer sees
+    it: the future-aware cache's ``FutureServing``); a row the caches serve when a batch runs is
+    not packed for it, and the rows a cache loads at a batch's step are packed in its run.
 
     With ``features_checksum`` (the manifest's), every pass over the feature file checks its
     CRC-32 and a mismatch raises ``ChecksumError``: nothing is packed from damaged rows.
@@ -312,12 +332,13 @@ def pack_epoch(plan: Any, epoch: int, cached_ids: np.ndarray, features_path: str
     t0 = time.perf_counter()
     spec = spec or PackSpec()
     target = epoch_dir(plan.path, spec.name, epoch)
-    digest = cache_digest(np.asarray(cached_ids, dtype=np.int64))
+    serving: Serving = StaticServing(cached_ids) if isinstance(cached_ids, np.ndarray) else cached_ids
+    digest = serving.identity()
     ep_plan = plan.epoch(epoch)
     nodes_crc = ep_plan.meta["files"]["nodes"]["checksum"]
     if _pack_matches(target, digest, nodes_crc, spec):
         return PackStats(epoch, 0, 0, 0, 0, 0, 0, 0.0)
-    segments = plan_segments(ep_plan, cached_ids, spec.segment_batches)
+    segments = plan_segments(ep_plan, serving, spec.segment_batches)
     feat = _FeatureFile(Path(features_path), features_checksum)
     try:
         with Staging(target, what="gnn-ooc pack") as stage:  # replaces an older pack of the epoch
@@ -333,7 +354,7 @@ def pack_epoch(plan: Any, epoch: int, cached_ids: np.ndarray, features_path: str
     return stats
 
 
-def _pack_matches(target: Path, digest: str, nodes_crc: str, spec: PackSpec) -> bool:
+def _pack_matches(target: Path, digest: dict[str, Any], nodes_crc: str, spec: PackSpec) -> bool:
     try:
         meta = read_meta(target)
     except GnnOocError:  # missing, damaged, or of another version: packed again
@@ -343,7 +364,7 @@ def _pack_matches(target: Path, digest: str, nodes_crc: str, spec: PackSpec) -> 
 
 
 def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], feat: _FeatureFile,
-                spec: PackSpec, digest: str, nodes_crc: str, bar_title: str | None = None) -> PackStats:
+                spec: PackSpec, digest: dict[str, Any], nodes_crc: str, bar_title: str | None = None) -> PackStats:
     """Segments planned a group at a time (their planning data within a quarter of the memory
     budget, the staging of their runs' writes within a quarter, two read chunks within an eighth,
     one segment's planning temporaries within half), each group packed by one sequential pass over
@@ -355,7 +376,9 @@ def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], 
     files: dict[int, Any] = {}
     meta_segments: list[dict[str, Any]] = []
     passes = rows = 0
-    with NpyWriter(out / "positions.npy", np.int32, (None,), root=out) as positions:
+    fill_index = [np.zeros(1, np.int64)]
+    with NpyWriter(out / "positions.npy", np.int32, (None,), root=out) as positions, \
+            NpyWriter(out / "fills.npy", np.int32, (None,), root=out) as fills:
         group: list[tuple[int, _Segment]] = []
         for k, seg in enumerate(segments):
             size = seg.ids.size * feat.row_bytes
@@ -369,7 +392,9 @@ def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], 
             if budget_left is not None and seg.packed:
                 budget_left -= size
             positions.write(_stored_positions(seg))
-            seg.positions = seg.positions[:0]  # on disk now
+            fills.write(seg.fills if seg.packed else np.full(seg.fills.size, UNPACKED, np.int32))
+            fill_index.append(fill_index[-1][-1] + np.cumsum(seg.fill_counts))
+            seg.positions, seg.fills = seg.positions[:0], seg.fills[:0]  # on disk now
             meta_segments.append({"first_batch": seg.first_batch, "batches": seg.batches,
                                   "rows": int(seg.ids.size), "runs": seg.runs[1:].tolist(),
                                   "packed": seg.packed})
@@ -382,7 +407,8 @@ def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], 
         if group:
             files.update(_stream_group(feat, group, out, chunk, stage, _pass_bar(bar_title, passes, feat)))
             passes += 1
-    assert positions.entry is not None
+    assert positions.entry is not None and fills.entry is not None
+    index_entry = write_array(out / "fill_index.npy", np.concatenate(fill_index), root=out)
     for k, entry in files.items():
         meta_segments[k].update(name=entry.name, size=entry.size, checksum=entry.checksum)
     meta = {
@@ -390,13 +416,16 @@ def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], 
         "settings": spec.identity(),
         "dataset": plan.meta["dataset"]["identity"], "row_bytes": feat.row_bytes, "dtype": str(feat.dtype),
         "dim": feat.dim, "segment_batches": spec.segment_batches, "order": "first use",
-        "positions": {"name": positions.entry.name, "size": positions.entry.size,
-                      "checksum": positions.entry.checksum},
+        "positions": _entry(positions.entry), "fills": _entry(fills.entry), "fill_index": _entry(index_entry),
         "segments": meta_segments,
     }
     write_bytes_entry(out / "pack.json", out, json.dumps(meta, indent=2).encode())
     written = sum(int(e.size) for e in files.values())
     return PackStats(epoch, len(meta_segments), len(files), rows, written, feat.bytes_read, passes, 0.0)
+
+
+def _entry(entry: Any) -> dict[str, Any]:
+    return {"name": entry.name, "size": entry.size, "checksum": entry.checksum}
 
 
 def _stored_positions(seg: _Segment) -> np.ndarray:

@@ -34,17 +34,17 @@ def features(n: int = N) -> torch.Tensor:
 
 
 def make(batches: Batches, capacity: int, window: int, victim: int,
-         hotness: np.ndarray | None = None, x: torch.Tensor | None = None) -> FutureAwareCache:
+         hotness: np.ndarray | None = None, x: torch.Tensor | None = None, bypass: bool = False) -> FutureAwareCache:
     x = features() if x is None else x
     return FutureAwareCache(capacity, D, torch.float32, "cpu", MemoryStore(x), batches, window,
-                            hotness=hotness, victim_rows=victim)
+                            hotness=hotness, victim_rows=victim, bypass=bypass)
 
 
 def check_against_reference(batches: list[np.ndarray], capacity: int, window: int, victim: int,
-                            hotness: np.ndarray | None) -> None:
+                            hotness: np.ndarray | None, bypass: bool = False) -> None:
     x = features()
-    cache = make(batches, capacity, window, victim, hotness, x)
-    ref = reference_belady(batches, capacity, window, hotness, victim)
+    cache = make(batches, capacity, window, victim, hotness, x, bypass)
+    ref = reference_belady(batches, capacity, window, hotness, victim, bypass=bypass)
     want = {"device": 0, "victim": 0, "memory": 0}
     for t, batch in enumerate(batches):
         cache.prefetch(t)
@@ -69,6 +69,17 @@ def check_against_reference(batches: list[np.ndarray], capacity: int, window: in
 def test_matches_reference(capacity: int, window: int, victim: int) -> None:
     rng = np.random.default_rng(capacity * 100 + window * 10 + victim)
     check_against_reference(skewed_batches(rng, 25, 10), capacity, window, victim, None)
+
+
+@pytest.mark.parametrize("capacity", [0, 1, 4, 12, 40])
+@pytest.mark.parametrize("window", [1, 3, 50])
+@pytest.mark.parametrize("victim", [0, 2, 8])
+def test_bypass_steps_match_reference(capacity: int, window: int, victim: int) -> None:
+    """Bypass (what training packs for): a step after its batch keeps the best of the tiers and the batch."""
+    rng = np.random.default_rng(capacity * 100 + window * 10 + victim + 1)
+    batches = skewed_batches(rng, 25, 10)
+    check_against_reference(batches, capacity, window, victim, None, bypass=True)
+    check_against_reference(batches, capacity, window, victim, (np.arange(N) * 7919 % 5).astype(np.int64), bypass=True)
 
 
 @pytest.mark.parametrize("capacity,window,victim", [(5, 2, 3), (10, 4, 6), (3, 8, 10)])

@@ -113,6 +113,29 @@ def test_exact_resume_mid_epoch(dataset: Path, tmp_path: Path, mode: str, thread
     assert [r["loss"] for r in a] == [r["loss"] for r in b]  # bit for bit
 
 
+def test_the_future_aware_cache_trains_on_the_memory_bits_and_resumes_exactly(
+        dataset: Path, tmp_path: Path) -> None:
+    """``--cache future``: the same losses as ``--mode memory`` bit for bit (only where rows come
+    from changes; the cache serves some), and a run stopped mid-epoch rebuilds the cache's contents
+    (a pack's fills would not match a cache in another state: the run would fail) and repeats the
+    same losses. Whether it packs less than static placement is the ablation benchmark's question."""
+    same_memory = {"mode": "offline", "gpu_cache": "48K", "cpu_cache": "16K", "epochs": 2}
+    memory = train(config(dataset, tmp_path / "memory", mode="memory", epochs=2), say=quiet)
+    static = train(config(dataset, tmp_path / "static", **same_memory), say=quiet)
+    future = train(config(dataset, tmp_path / "future", cache="future", cache_window=8, **same_memory), say=quiet)
+    losses = [r["loss"] for r in steps(tmp_path / "memory")]
+    assert [r["loss"] for r in steps(tmp_path / "future")] == losses == [r["loss"] for r in steps(tmp_path / "static")]
+    assert future["best_valid_acc"] == memory["best_valid_acc"]
+    assert future["store"]["hits"]["device"] > 0 and static["store"]["hits"]["device"] > 0
+    part = tmp_path / "part"
+    train(config(dataset, part, cache="future", cache_window=8, max_steps=11, checkpoint_every=4, **same_memory),
+          say=quiet)
+    resume(part, {"max_steps": 10**9}, say=quiet)
+    assert [r["loss"] for r in steps(part)] == losses
+    with pytest.raises(ConfigError, match="cache: future follows a plan"):
+        config(dataset, tmp_path / "x", mode="online", cache="future")
+
+
 def test_sigkill_resumes_from_last_checkpoint(dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "gnn_ooc.tools.cli", "train", str(dataset), "--out", str(run), "--mode", "memory",

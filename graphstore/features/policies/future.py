@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -47,8 +48,12 @@ import numpy as np
 from gnn_ooc.capabilities import cuda_available
 from gnn_ooc.errors import InputError
 from gnn_ooc.graphstore.features.base import FeatureStore, StoreStats
+from gnn_ooc.graphstore.features.policies.base import ids_digest, isin_sorted
 from gnn_ooc.graphstore.io.rowops import move_rows, put_rows
 
+#: bytes per cached row besides the row: its id and slot in the sorted lookup arrays (kept twice
+#: while they are rebuilt), the slot's in-use flag
+FUTURE_SLOT_OVERHEAD = 40
 NO_USE = int(np.iinfo(np.int64).max)  # "no use inside the window": ranks after every real batch index
 _EMPTY = np.empty(0, np.int64)
 
@@ -209,6 +214,249 @@ class _Slots:
         return slots
 
 
+@dataclass(frozen=True)
+class Moves:
+    """What one step of the policy changes, in slots, in the order rows must move: entering rows
+    from the victim buffer are read first (``victim_src``), then the spills leave the device
+    (``spill_dev`` to ``spill_vic``), then every entering row lands (``enter_dev``)."""
+
+    enter: np.ndarray  # ids entering the device: the ones from the victim buffer first
+    from_victim: int  # how many of ``enter`` come from the victim buffer
+    victim_src: np.ndarray  # their victim slots
+    spill_dev: np.ndarray  # device slots of the evicted rows the window still needs
+    spill_vic: np.ndarray  # the victim slots they go to
+    enter_dev: np.ndarray  # the device slot of each of ``enter``
+    spilled: int
+    dropped: int  # rows that left both tiers
+
+    @property
+    def fills(self) -> np.ndarray:
+        """Ids entering from outside the cache (the backing store, or a pack's fill rows)."""
+        return self.enter[self.from_victim :]
+
+
+class FuturePolicy:
+    """The policy of the module docstring over ids alone: which id is in which slot of the device
+    cache and the victim buffer after each step. ``FutureAwareCache`` moves rows by it; the packer
+    runs the same policy to know, batch by batch, which rows the cache will hold.
+
+    Example:
+        >>> policy = FuturePolicy(2, 1, 5, [np.array([0, 1]), np.array([2, 1]), np.array([0, 3])], window=2)
+        >>> policy.step(0).fills.tolist(), policy.step(1).fills.tolist(), policy.victim_ids().tolist()
+        ([0, 1], [2], [0])
+    """
+
+    def __init__(self, capacity_rows: int, victim_rows: int, num_rows: int, batches: Batches, window: int,
+                 hotness: np.ndarray | None = None, *, bypass: bool = False) -> None:
+        if int(capacity_rows) < 0 or int(victim_rows) < 0:
+            raise InputError(None, f"capacities {capacity_rows}, {victim_rows}", expected="rows >= 0")
+        if hotness is not None and np.shape(hotness) != (int(num_rows),):
+            raise InputError(None, f"hotness has shape {np.shape(hotness)}", expected=f"({int(num_rows)},)")
+        self.capacity, self.victim_capacity, self.num_rows = int(capacity_rows), int(victim_rows), int(num_rows)
+        # bypass: step t comes after batch t was served (from the tiers as they were, its other rows
+        # from its segment) and keeps the best of (device, victim, batch t) by next use after t;
+        # else step t comes before batch t and any row the window needs may enter ahead of its use
+        self.bypass = bool(bypass)
+        self.next_use = NextUse(batches, window)
+        self.window = self.next_use.window
+        self._hot, self._hot_max, self._rank = self._hotness(hotness)
+        self.device, self.victim = _Slots(self.capacity), _Slots(self.victim_capacity)
+        self.step_at = -1
+
+    def _hotness(self, hotness: Any) -> tuple[Any, int, np.ndarray | None]:
+        """Integer hotness (access counts, possibly memory-mapped) ranks through one int64 key with
+        no per-node array; other hotness through a rank array of every node."""
+        spread = 1
+        hot, rank = None, None
+        if hotness is not None and np.issubdtype(np.asarray(hotness[:0]).dtype, np.integer):
+            hot = hotness
+            spread = int(np.max(hotness)) + 1 if len(hotness) else 1
+            if len(hotness) and int(np.min(hotness)) < 0:
+                raise InputError(None, "hotness has negative counts", expected="counts >= 0")
+        elif hotness is not None:
+            rank = hotness_rank(hotness)
+        if (self.window + 1) * spread * max(self.num_rows, 1) >= NO_USE:
+            raise InputError(None, f"window {self.window} x {self.num_rows} rows overflows the int64 rank")
+        return hot, spread - 1, rank
+
+    def resident_ids(self) -> np.ndarray:
+        """Ids on the device now, sorted."""
+        return self.device.ids.copy()
+
+    def victim_ids(self) -> np.ndarray:
+        """Ids in the victim buffer now, sorted."""
+        return self.victim.ids.copy()
+
+    def _keys(self, t: int, ids: np.ndarray, when: np.ndarray) -> np.ndarray:
+        """``key_t`` as one int64: (batches until next use, window when none) x N + hotness rank."""
+        rel = np.where(when == NO_USE, self.window, when - t)
+        if self._hot is not None:  # (sooner, hotter, lower id) as one int: no tie is left
+            cold = self._hot_max - np.asarray(self._hot[ids], dtype=np.int64)
+            return (rel * (self._hot_max + 1) + cold) * self.num_rows + ids
+        rank = ids if self._rank is None else self._rank[ids]
+        return rel * self.num_rows + rank
+
+    def _best(self, keys: np.ndarray, k: int) -> np.ndarray:
+        """Mask of the ``k`` smallest keys (keys are distinct, so the choice is exact)."""
+        keep = np.zeros(keys.size, dtype=bool)
+        if keys.size <= k:
+            keep[:] = True
+        elif k > 0:
+            keep[np.argpartition(keys, k - 1)[:k]] = True
+        return keep
+
+    def step(self, t: int) -> Moves | None:
+        """Step to batch ``t`` (forward only; skipping is fine): the moves, or None when already there."""
+        t = int(t)
+        if t < self.step_at:
+            raise InputError(None, f"prefetch({t}) after prefetch({self.step_at})", expected="batches in order")
+        if t == self.step_at:
+            return None
+        if self.bypass:  # ranked by the uses after t; batch t's rows and the victim's may enter
+            need, when = self.next_use.table(t + 1) if t + 1 <= len(self.next_use) else (_EMPTY, _EMPTY)
+            batch = self.next_use.distinct(t)
+            self._check_ids(batch)
+            fresh, at = np.union1d(batch, self.victim.ids), t + 1
+        else:  # ranked by the uses from t on; whatever the window needs may enter
+            need, when = self.next_use.table(t)
+            self._check_ids(need)
+            fresh, at = need, t
+        enter, leave = self._plan_device(at, need, when, fresh)
+        spill, drop = self._plan_victim(at, need, when, enter, leave)
+        self.step_at = t
+        return self._apply(enter, leave, spill, drop)
+
+    def _check_ids(self, ids: np.ndarray) -> None:
+        """``ids`` (sorted) are rows of the store."""
+        if ids.size and (ids[0] < 0 or ids[-1] >= self.num_rows):
+            bad = ids[0] if ids[0] < 0 else ids[-1]
+            raise InputError(None, f"batch id {bad} is out of range", expected=f"0 <= id < {self.num_rows}")
+
+    def _plan_device(self, t: int, need: np.ndarray, when: np.ndarray,
+                     fresh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ids entering and leaving the device cache (both sorted): the best ``capacity`` of the
+        residents and ``fresh`` (sorted, distinct) by ``key_t``, next uses from ``need``/``when``."""
+        res = self.device.ids
+        missing = fresh[~isin_sorted(fresh, res)]
+        if missing.size <= self.capacity - res.size:
+            return missing, _EMPTY  # room for all: nothing to evict
+        keep = self._best(np.concatenate([self._keys(t, res, _lookup(need, when, res, NO_USE)),
+                                          self._keys(t, missing, _lookup(need, when, missing, NO_USE))]),
+                          self.capacity)
+        return missing[keep[res.size:]], res[~keep[: res.size]]
+
+    def _plan_victim(self, t: int, need: np.ndarray, when: np.ndarray, enter: np.ndarray,
+                     leave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Evicted ids spilled to the victim buffer, and victim ids dropped to make room for them."""
+        if self.victim_capacity == 0 or leave.size == 0:
+            return _EMPTY, _EMPTY  # no spill: the victim buffer only loses rows moving to the device
+        wanted = leave[_lookup(need, when, leave, NO_USE) != NO_USE]
+        stay = self.victim.ids[~np.isin(self.victim.ids, enter, assume_unique=True)]
+        cand = np.concatenate([stay, wanted])
+        keep = self._best(self._keys(t, cand, _lookup(need, when, cand, NO_USE)), self.victim_capacity)
+        return wanted[keep[stay.size:]], stay[~keep[: stay.size]]
+
+    def _apply(self, enter: np.ndarray, leave: np.ndarray, spill: np.ndarray, drop: np.ndarray) -> Moves:
+        """Update the slots in the order rows will move: nothing is overwritten before it is read."""
+        vslot = self.victim.lookup(enter)
+        from_victim = vslot >= 0
+        enter = np.concatenate([enter[from_victim], enter[~from_victim]])
+        nv = int(from_victim.sum())
+        self.victim.remove(enter[:nv])
+        self.victim.remove(drop)
+        spill_dev = self.device.lookup(spill)
+        spill_vic = self.victim.add(spill) if spill.size else _EMPTY
+        self.device.remove(leave)
+        enter_dev = self.device.add(enter)
+        return Moves(enter, nv, vslot[from_victim], spill_dev, spill_vic, enter_dev,
+                     int(spill.size), int(leave.size - spill.size + drop.size))
+
+
+class WithoutIds:
+    """``batches`` with the ids of ``held`` (sorted) left out: rows another cache serves anyway."""
+
+    def __init__(self, batches: Batches, held: np.ndarray) -> None:
+        self.batches, self.held = batches, np.unique(np.asarray(held, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> np.ndarray:
+        ids = np.asarray(self.batches[b], dtype=np.int64)
+        return ids[~isin_sorted(ids, self.held)] if self.held.size else ids
+
+
+class FutureServing:
+    """The future-aware device cache (with its victim buffer) and a static pinned cache, as the
+    packer sees them (``policies.base.Serving``): at step ``t`` the policy runs over the epoch's
+    batches less the pinned rows; a batch's rows on the device, in the victim buffer or pinned are
+    served, and the rows the device takes in from outside are the step's fills.
+
+    Example:
+        >>> serving = FutureServing(2, 0, 6, window=2, pinned=np.array([5]))
+        >>> serving.begin([np.array([0, 5]), np.array([1, 0])])
+        >>> [(s.tolist(), f.tolist()) for s, f in (serving.step(0, np.array([0, 5])), serving.step(1, np.array([1, 0])))]
+        [([False, True], [0]), ([False, True], [1])]
+    """
+
+    def __init__(self, capacity_rows: int, victim_rows: int, num_rows: int, window: int,
+                 pinned: np.ndarray | None = None) -> None:
+        self.capacity, self.victim_rows, self.num_rows = int(capacity_rows), int(victim_rows), int(num_rows)
+        self.window = int(window)
+        self.pinned = np.unique(np.asarray(pinned if pinned is not None else _EMPTY, dtype=np.int64))
+        self.policy: FuturePolicy | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled into the background planner: no epoch state
+        return {**self.__dict__, "policy": None}
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": "future", "fetch": "bypass", "capacity": self.capacity, "victim": self.victim_rows, "window": self.window,
+                "pinned": ids_digest(self.pinned), "hotness": "epoch access counts"}
+
+    def begin(self, epoch: Any) -> None:
+        """A new epoch (an ``EpochPlan``, whose access counts break ties, or a list of batches): the
+        cache starts empty, every epoch alike, so a resumed run rebuilds it by replaying the policy."""
+        counts = getattr(epoch, "access_counts", None)
+        batches = PlanBatches(epoch) if hasattr(epoch, "nodes") else epoch
+        # bypass: a row enters when the batch using it has been served, from that batch's segment
+        # (read anyway), and only if it ranks among the rows worth keeping; loading rows ahead of
+        # their batch would pack them ahead, and again if evicted before their use
+        self.policy = FuturePolicy(self.capacity, self.victim_rows, self.num_rows, WithoutIds(batches, self.pinned),
+                                   self.window, counts() if callable(counts) else None, bypass=True)
+
+    def step(self, t: int, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``t`` is served by the tiers as the steps before it left them; then the policy's
+        step ``t`` takes in some of its rows (``fills``: rows of batch ``t``, packed for it anyway)."""
+        assert self.policy is not None, "begin(batches) first"
+        nodes = np.asarray(nodes, dtype=np.int64)
+        served = (isin_sorted(nodes, self.pinned) | isin_sorted(nodes, self.policy.device.ids)
+                  | isin_sorted(nodes, self.policy.victim.ids))
+        moves = self.policy.step(t)
+        return served, _EMPTY if moves is None else moves.fills
+
+
+class _TierView:
+    """One tier of a ``FutureAwareCache`` as ``TieredStore`` sees a cache: ``tier``, ``rows`` and
+    ``lookup(ids) -> slots`` (-1 where absent); ``capacity_rows`` for the memory report."""
+
+    def __init__(self, tier: str, cache: FutureAwareCache, slots: Callable[[], _Slots], rows: Callable[[], Any]) -> None:
+        self.tier, self.cache, self._slots, self._rows = tier, cache, slots, rows
+
+    @property
+    def rows(self) -> Any:
+        return self._rows()
+
+    @property
+    def num_rows(self) -> int:
+        return int(self._slots().ids.size)
+
+    def lookup(self, ids: Any) -> Any:
+        import torch
+
+        self.cache._wait()  # the last prefetch's copy lands before its rows are read
+        return torch.from_numpy(self._slots().lookup(np.asarray(ids, dtype=np.int64)))
+
+
 class FutureAwareCache(FeatureStore):
     """A device cache whose contents follow an epoch's batches (see the module for the policy).
 
@@ -242,129 +490,108 @@ class FutureAwareCache(FeatureStore):
     counts_own_hits = True
 
     def __init__(self, capacity_rows: int, dim: int, dtype: Any, device: Any, backing: FeatureStore,
-                 batches: Batches, window: int, hotness: np.ndarray | None = None,
-                 victim_rows: int = 0) -> None:
+                 batches: Batches | None, window: int, hotness: np.ndarray | None = None,
+                 victim_rows: int = 0, *, serving: FutureServing | None = None, bypass: bool = False) -> None:
         import torch
 
         super().__init__(backing.num_rows, dim, dtype, device)
         if (self.dim, self.dtype) != (backing.dim, backing.dtype):
             raise InputError(None, f"cache rows are {dtype}[{dim}], backing rows {backing.dtype}[{backing.dim}]",
                              expected="the backing store's dim and dtype")
-        if int(capacity_rows) < 0 or int(victim_rows) < 0:
-            raise InputError(None, f"capacities {capacity_rows}, {victim_rows}", expected="rows >= 0")
-        if hotness is not None and np.shape(hotness) != (self.num_rows,):
-            raise InputError(None, f"hotness has shape {np.shape(hotness)}", expected=f"({self.num_rows},)")
-        self.capacity, self.victim_capacity = int(capacity_rows), int(victim_rows)
+        # with ``serving`` (training), each epoch's policy is the one the packer ran: ``begin(epoch)``
+        self.serving = serving
+        self._use(FuturePolicy(capacity_rows, victim_rows, self.num_rows, batches if batches is not None else [],
+                               window, hotness, bypass=bypass))
+        self.capacity, self.victim_capacity = self.policy.capacity, self.policy.victim_capacity
         self.backing = backing
-        self.next_use = NextUse(batches, window)
-        self.window = self.next_use.window
-        if (self.window + 1) * max(self.num_rows, 1) >= NO_USE:
-            raise InputError(None, f"window {window} x {self.num_rows} rows overflows the int64 rank")
-        self._rank = None if hotness is None else hotness_rank(hotness)
         self.rows = torch.empty((self.capacity, self.dim), dtype=dtype, device=self.device)
         self.victim = torch.empty((self.victim_capacity, self.dim), dtype=dtype)
         if cuda_available() and self.victim_capacity:
             self.victim = self.victim.pin_memory()  # page-locked: device <-> victim copies run at PCIe speed
-        self._dev, self._vic = _Slots(self.capacity), _Slots(self.victim_capacity)
-        self.step = -1
         self.prefetch_stats = StoreStats(row_bytes=self.row_bytes)
         self.evictions = {"victim": 0, "dropped": 0}
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._ready: Any = None  # CUDA event: the last prefetch's copy into the device cache is done
         self._staging: Any = None  # its source rows, kept alive until then
 
+    @property
+    def step(self) -> int:
+        return self.policy.step_at
+
+    def _use(self, policy: FuturePolicy) -> None:
+        self.policy = policy
+        self._dev, self._vic = policy.device, policy.victim
+        self.next_use, self.window = policy.next_use, policy.window
+
+    def begin(self, epoch: Any) -> None:
+        """A new epoch (an ``EpochPlan``): empty tiers, then the serving policy over its batches."""
+        if self.serving is None:
+            raise InputError(None, "begin(epoch) needs the cache made with serving=", expected="a FutureServing")
+        self._wait()
+        self.serving.begin(epoch)
+        assert self.serving.policy is not None
+        if (self.serving.capacity, self.serving.victim_rows) != (self.capacity, self.victim_capacity):
+            raise InputError(None, f"serving sized {self.serving.capacity} + {self.serving.victim_rows} rows",
+                             expected=f"this cache's {self.capacity} + {self.victim_capacity}")
+        self._use(self.serving.policy)
+
+    def skip_to(self, t: int) -> None:
+        """Resume at batch ``t``: replay the policy over batches ``0..t-1`` (ids only), then load the
+        rows it holds from ``backing``: the same contents as a run that never stopped."""
+        import torch
+
+        for s in range(int(t)):
+            self.policy.step(s)
+        for ids, slots, rows in ((self._dev.ids, self._dev.slots, self.rows), (self._vic.ids, self._vic.slots, self.victim)):
+            if ids.size:
+                got = self.backing.gather(torch.from_numpy(ids))
+                rows[torch.from_numpy(slots).to(rows.device)] = got.to(rows.device)
+
+    def tiers(self) -> list[Any]:
+        """The device cache and the victim buffer as two tiers of a ``TieredStore`` (lookups by id)."""
+        return [_TierView("device", self, lambda: self._dev, lambda: self.rows),
+                _TierView("victim", self, lambda: self._vic, lambda: self.victim)]
+
     # --- what is where ---------------------------------------------------------------------------
     def resident_ids(self) -> np.ndarray:
         """Ids on the device now, sorted."""
-        return self._dev.ids.copy()
+        return self.policy.resident_ids()
 
     def victim_ids(self) -> np.ndarray:
         """Ids in the victim buffer now, sorted."""
-        return self._vic.ids.copy()
-
-    def _keys(self, t: int, ids: np.ndarray, when: np.ndarray) -> np.ndarray:
-        """``key_t`` as one int64: (batches until next use, window when none) x N + hotness rank."""
-        rel = np.where(when == NO_USE, self.window, when - t)
-        rank = ids if self._rank is None else self._rank[ids]
-        return rel * self.num_rows + rank
-
-    def _best(self, keys: np.ndarray, k: int) -> np.ndarray:
-        """Mask of the ``k`` smallest keys (keys are distinct, so the choice is exact)."""
-        keep = np.zeros(keys.size, dtype=bool)
-        if keys.size <= k:
-            keep[:] = True
-        elif k > 0:
-            keep[np.argpartition(keys, k - 1)[:k]] = True
-        return keep
+        return self.policy.victim_ids()
 
     # --- stepping ---------------------------------------------------------------------------------
-    def prefetch(self, t: int) -> None:
-        """Step the cache to batch ``t``: the device holds what the policy says before ``t`` runs."""
-        t = int(t)
-        if t < self.step:
-            raise InputError(None, f"prefetch({t}) after prefetch({self.step})", expected="batches in order")
-        if t == self.step:
-            return
-        need, when = self.next_use.table(t)
-        if need.size and (need[0] < 0 or need[-1] >= self.num_rows):
-            bad = need[0] if need[0] < 0 else need[-1]
-            raise InputError(None, f"batch id {bad} is out of range", expected=f"0 <= id < {self.num_rows}")
-        enter, leave = self._plan_device(t, need, when)
-        spill, drop = self._plan_victim(t, need, when, enter, leave)
-        self._move(enter, leave, spill, drop)
-        self.step = t
+    def prefetch(self, t: int, fill: Callable[[np.ndarray, Any], None] | None = None) -> None:
+        """Step the cache to batch ``t``: the device holds what the policy says before ``t`` runs.
+        ``fill(ids, out)`` provides the rows entering from outside (a pack's fill rows), else
+        ``backing`` does."""
+        moves = self.policy.step(t)
+        if moves is not None:
+            self._move(moves, fill)
 
-    def _plan_device(self, t: int, need: np.ndarray, when: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Ids entering and leaving the device cache at step ``t`` (both sorted)."""
-        res = self._dev.ids
-        pos = np.searchsorted(res, need)
-        held = pos < res.size
-        held[held] = res[pos[held]] == need[held]
-        missing, missing_when = need[~held], when[~held]
-        if missing.size <= self.capacity - res.size:
-            return missing, _EMPTY  # room for all: nothing to evict
-        res_when = np.full(res.size, NO_USE, dtype=np.int64)
-        res_when[pos[held]] = when[held]
-        keep = self._best(np.concatenate([self._keys(t, res, res_when),
-                                          self._keys(t, missing, missing_when)]), self.capacity)
-        return missing[keep[res.size:]], res[~keep[: res.size]]
-
-    def _plan_victim(self, t: int, need: np.ndarray, when: np.ndarray, enter: np.ndarray,
-                     leave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Evicted ids spilled to the victim buffer, and victim ids dropped to make room for them."""
-        if self.victim_capacity == 0 or leave.size == 0:
-            return _EMPTY, _EMPTY  # no spill: the victim buffer only loses rows moving to the device
-        wanted = leave[_lookup(need, when, leave, NO_USE) != NO_USE]
-        stay = self._vic.ids[~np.isin(self._vic.ids, enter, assume_unique=True)]
-        cand = np.concatenate([stay, wanted])
-        keep = self._best(self._keys(t, cand, _lookup(need, when, cand, NO_USE)), self.victim_capacity)
-        return wanted[keep[stay.size:]], stay[~keep[: stay.size]]
-
-    def _move(self, enter: np.ndarray, leave: np.ndarray, spill: np.ndarray, drop: np.ndarray) -> None:
-        """Copy rows between tiers in an order that never overwrites a row before it is read."""
+    def _move(self, m: Moves, fill: Callable[[np.ndarray, Any], None] | None = None) -> None:
+        """Copy rows between tiers in the policy's order: reads of a slot before its reuse."""
         import torch
 
         self._wait()
-        vslot = self._vic.lookup(enter)
-        from_victim = vslot >= 0
-        enter = np.concatenate([enter[from_victim], enter[~from_victim]])
-        nv = int(from_victim.sum())
-        staging = torch.empty((enter.size, self.dim), dtype=self.dtype)
-        if cuda_available() and self.device.type == "cuda" and enter.size:
+        staging = torch.empty((m.enter.size, self.dim), dtype=self.dtype)
+        if cuda_available() and self.device.type == "cuda" and m.enter.size:
             staging = staging.pin_memory()  # lets the side stream copy without blocking the host
-        if nv:
-            staging[:nv] = self.victim[torch.from_numpy(vslot[from_victim])]
-        self.prefetch_stats.add_hits("victim", nv, from_disk=False)
-        self._read_backing(enter[nv:], staging[nv:])
-        self._vic.remove(enter[:nv])
-        self._vic.remove(drop)
-        if spill.size:  # before their device slots are reused
-            dslot = torch.from_numpy(self._dev.lookup(spill)).to(self.device)
-            self.victim[torch.from_numpy(self._vic.add(spill))] = self.rows[dslot].to("cpu")
-        self._dev.remove(leave)
-        self._copy_in(self._dev.add(enter), staging)
-        self.evictions["victim"] += spill.size
-        self.evictions["dropped"] += leave.size - spill.size + drop.size
+        if m.from_victim:
+            staging[: m.from_victim] = self.victim[torch.from_numpy(m.victim_src)]
+        self.prefetch_stats.add_hits("victim", m.from_victim, from_disk=False)
+        if fill is not None:
+            fill(m.fills, staging[m.from_victim :])
+            self.prefetch_stats.add_hits("packed", m.fills.size, from_disk=False)
+        else:
+            self._read_backing(m.fills, staging[m.from_victim :])
+        if m.spilled:  # before their device slots are reused
+            dslot = torch.from_numpy(m.spill_dev).to(self.device)
+            self.victim[torch.from_numpy(m.spill_vic)] = self.rows[dslot].to("cpu")
+        self._copy_in(m.enter_dev, staging)
+        self.evictions["victim"] += m.spilled
+        self.evictions["dropped"] += m.dropped
 
     def _read_backing(self, ids: np.ndarray, out: Any) -> None:
         import torch
@@ -443,11 +670,13 @@ def _reference_key(nu: dict[int, int], hotness: np.ndarray | None) -> Callable[[
 
 
 def reference_belady(batches: Batches, capacity: int, window: int, hotness: np.ndarray | None = None,
-                     victim_rows: int = 0) -> list[tuple[set[int], set[int]]]:
+                     victim_rows: int = 0, *, bypass: bool = False) -> list[tuple[set[int], set[int]]]:
     """The policy simulated with Python sets: (device ids, victim ids) after ``prefetch(t)`` for each t.
 
     Slow and obvious, for tests: every step ranks every candidate by (next use in the window,
-    hotter, lower id) and keeps the best ``capacity``; evicted rows the window needs join the
+    hotter, lower id) and keeps the best ``capacity`` (with ``bypass`` the step comes after batch
+    ``t``: the window is ``t+1..t+W`` and the candidates are the device's, the victim's and batch
+    ``t``'s rows); evicted rows the window needs join the
     victim candidates, which keep the best ``victim_rows``.
 
     Example:
@@ -459,11 +688,13 @@ def reference_belady(batches: Batches, capacity: int, window: int, hotness: np.n
     states = []
     for t in range(len(batches)):
         nu: dict[int, int] = {}
-        for s in range(t, min(t + window, len(batches))):
+        lo = t + 1 if bypass else t
+        for s in range(lo, min(lo + window, len(batches))):
             for v in batches[s]:
                 nu.setdefault(int(v), s)
         key = _reference_key(nu, hotness)
-        kept = set(sorted(device | set(nu), key=key)[:capacity])
+        entering = {int(v) for v in batches[t]} | victim if bypass else set(nu)
+        kept = set(sorted(device | entering, key=key)[:capacity])
         evicted_needed = {v for v in device - kept if v in nu}
         victim = set(sorted((victim | evicted_needed) - kept, key=key)[:victim_rows])
         device = kept

@@ -12,9 +12,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+
+from gnn_ooc.graphstore.features.policies.base import ids_digest, isin_sorted
+
+_NONE = np.empty(0, np.int64)
 
 
 def rows_for_budget(budget_bytes: int, row_bytes: int) -> int:
@@ -64,3 +68,26 @@ def hottest_by_degree(indptr: np.ndarray, rows: int, *, chunk: int = 1 << 24) ->
     degree = np.diff(np.asarray(indptr, dtype=np.int64))
     (hot,) = place_by_hotness(degree, [rows], chunk=chunk)
     return hot
+
+
+class StaticServing:
+    """Static placement as the packer sees it (``policies.base.Serving``): the same rows are served
+    at every step, and nothing is loaded while the epoch runs.
+
+    Example:
+        >>> served, fills = StaticServing(np.array([4])).step(0, np.array([4, 0]))
+        >>> served.tolist(), fills.size
+        ([True, False], 0)
+    """
+
+    def __init__(self, cached_ids: np.ndarray) -> None:
+        self.cached = np.unique(np.asarray(cached_ids, dtype=np.int64))
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": "static", "cached": ids_digest(self.cached)}
+
+    def begin(self, batches: Any) -> None:
+        pass
+
+    def step(self, t: int, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return isin_sorted(np.asarray(nodes, dtype=np.int64), self.cached), _NONE
