@@ -219,9 +219,10 @@ def _fit(cfg: TrainConfig, run: Path, state: dict[str, Any] | None, say: Say, ra
     parts.check_store(ds.num_nodes, ds.feature_dim)
     # online and mmap read the feature file as they go: checked first (a user's store: never read)
     checked = _check_data(ds, mode in ("online", "mmap") and parts.store is None, say)
-    meter = _start_meter(cfg, ds, train_sampler(cfg, ds, parts))
+    sampler = train_sampler(cfg, ds, parts)  # made once: the meter, the budget and the sources share it
+    meter = _start_meter(cfg, ds, sampler)
     try:
-        trainer = _train(cfg, ds, mode, run, state, say, rank, world, device, t0, meter, parts)
+        trainer = _train(cfg, ds, mode, run, state, say, rank, world, device, t0, meter, parts, sampler)
     finally:
         memory = meter.stop()
     _say_memory(memory, say)
@@ -234,14 +235,15 @@ def _fit(cfg: TrainConfig, run: Path, state: dict[str, Any] | None, say: Say, ra
 
 
 def _train(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, state: dict[str, Any] | None, say: Say, rank: int,
-           world: int, device: torch.device, t0: float, meter: MemoryMeter, parts: Parts) -> Trainer:
+           world: int, device: torch.device, t0: float, meter: MemoryMeter, parts: Parts,
+           sampler: Sampler) -> Trainer:
     """Sources, model and loop of one run; trains, closes the sources, returns the trainer."""
     first_epoch = int(state["loop"]["epoch"]) if state else 0
     model, optimizer, scheduler = build_model(cfg, ds, device, parts.model)
-    shares = budget_shares(cfg, ds, mode, model, device, train_sampler(cfg, ds, parts), check=parts.model is not None)
+    shares = budget_shares(cfg, ds, mode, model, device, sampler, check=parts.model is not None)
     say(f"memory budget {format_size(cfg.memory_budget)}: {shares.describe()}")
     train_src, evals = build_sources(cfg, ds, mode, run, first_epoch, say, rank, world, meter=meter, shares=shares,
-                                     parts=parts)
+                                     parts=parts, sampler=sampler)
     try:
         if world > 1:
             model = _ddp(model, device)
@@ -340,10 +342,11 @@ def budget_shares(cfg: TrainConfig, ds: Dataset, mode: str, model: torch.nn.Modu
 # --- sources -----------------------------------------------------------------------------------------
 def build_sources(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, first_epoch: int, say: Say,
                   rank: int = 0, world: int = 1, *, meter: MemoryMeter | None = None,
-                  shares: Shares | None = None, parts: Parts | None = None) -> tuple[BatchSource, dict[str, BatchSource]]:
+                  shares: Shares | None = None, parts: Parts | None = None,
+                  sampler: Sampler | None = None) -> tuple[BatchSource, dict[str, BatchSource]]:
     """The training source of ``mode`` and the evaluation sources (valid, test) over the same store,
     sized by ``shares`` (default: the budget split for a batch of unknown size), with the user's
-    sampler and store where ``parts`` has them."""
+    sampler and store where ``parts`` has them (``sampler``: the training sampler, when the caller made it)."""
     parts = parts or Parts()
     labels = ds.labels
     if labels is None:
@@ -351,7 +354,7 @@ def build_sources(cfg: TrainConfig, ds: Dataset, mode: str, run: Path, first_epo
                            "(preprocess it with --labels)")
     shares = shares or Shares.split(cfg.memory_budget, mode, batch_bytes=0, step_bytes=0, prefetch=cfg.prefetch,
                                     gpu_cache=cfg.gpu_cache, cpu_cache=cfg.cpu_cache)
-    sampler = train_sampler(cfg, ds, parts)
+    sampler = sampler or train_sampler(cfg, ds, parts)
     eval_sampler = parts.evaluation_sampler() or NeighborSampler(ds, list(cfg.eval_fanouts or cfg.fanouts))
     device = resolve_device(cfg.device)
     # under CUDA: page-locked batches (asynchronous copies), and the device cache in GPU memory,

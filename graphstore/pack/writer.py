@@ -332,7 +332,8 @@ def pack_epoch(plan: Any, epoch: int, cached_ids: np.ndarray | Serving, features
     t0 = time.perf_counter()
     spec = spec or PackSpec()
     target = epoch_dir(plan.path, spec.name, epoch)
-    serving: Serving = StaticServing(cached_ids) if isinstance(cached_ids, np.ndarray) else cached_ids
+    # ids (an array or any sequence of them) are static caches; anything else is a policy
+    serving: Serving = cached_ids if callable(getattr(cached_ids, "step", None)) else StaticServing(cached_ids)
     digest = serving.identity()
     ep_plan = plan.epoch(epoch)
     nodes_crc = ep_plan.meta["files"]["nodes"]["checksum"]

@@ -80,7 +80,7 @@ class StaticServing:
         ([True, False], 0)
     """
 
-    def __init__(self, cached_ids: np.ndarray) -> None:
+    def __init__(self, cached_ids: Any) -> None:
         self.cached = np.unique(np.asarray(cached_ids, dtype=np.int64))
 
     def identity(self) -> dict[str, Any]:
