@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.gnn-ooc-installed
 DEMO   ?= demo
 
-.PHONY: setup demo test typecheck lint bench-preprocess bench-sampler bench-features bench-train bench-integrity bench-memory bench-scale clean
+.PHONY: setup demo test typecheck lint bench-preprocess bench-sampler bench-features bench-train bench-integrity bench-memory bench-scale bench-cache clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ bench-integrity: setup
 
 bench-memory: setup
 	$(BIN)/python -m gnn_ooc.tools.bench.memory
+
+bench-cache: setup
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m gnn_ooc.tools.bench.cache --plot docs/bench-cache.png
 
 bench-scale: setup
 	$(BIN)/python -m gnn_ooc.tools.bench.scale

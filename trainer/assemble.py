@@ -95,7 +95,7 @@ class BatchAssembler:
             if packed is None or packed.cache != self.future.serving.identity():
                 raise DatasetError(f"{None if packed is None else packed.path}: not packed for this run's "
                                    "future-aware cache (its size, window or pinned rows differ): pack the epoch again")
-            self.future.begin(epoch)
+            self.future.begin(epoch, packed.cache_start())
 
     def start(self, b: int) -> None:
         """The first batch this epoch's pipeline assembles: a future cache replays the steps before

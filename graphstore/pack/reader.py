@@ -84,6 +84,15 @@ class PackedEpoch:
         lo, hi = int(self._fill_index[batch]), int(self._fill_index[batch + 1])
         return np.asarray(self._fills[lo:hi], dtype=np.int64)
 
+    def cache_start(self) -> dict[str, np.ndarray]:
+        """The ids the caches started this epoch with (``Serving.start_state``), checked; {} for static."""
+        out = {}
+        for key, entry in self.meta.get("cache_start", {}).items():
+            verify_entry(self.path, FileEntry(**{k: entry[k] for k in ("name", "size", "checksum")}),
+                         recorded_in="pack.json")
+            out[key] = np.load(self.path / entry["name"])
+        return out
+
     @property
     def cache(self) -> dict[str, Any]:
         """The cache policy this epoch was packed for (``Serving.identity()``)."""

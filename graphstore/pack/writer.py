@@ -146,6 +146,7 @@ def plan_segments(epoch_plan: Any, serving: Serving, segment_batches: int) -> It
         steps = [serving.step(b, seg_nodes[rel[b - b0] : rel[b - b0 + 1]]) for b in range(b0, b1)]
         served = np.concatenate([m for m, _ in steps]) if steps else np.zeros(0, bool)
         yield _segment(seg_nodes, rel, served, [f for _, f in steps], b0)
+    serving.end()
 
 
 # --- the scatter pass ------------------------------------------------------------------------------
@@ -344,7 +345,7 @@ def pack_epoch(plan: Any, epoch: int, cached_ids: np.ndarray | Serving, features
     try:
         with Staging(target, what="gnn-ooc pack") as stage:  # replaces an older pack of the epoch
             stats = _write_pack(stage.path, plan, epoch, segments, feat, spec, digest, nodes_crc,
-                                bar_title=f"packing epoch {epoch}" if bars else None)
+                                bar_title=f"packing epoch {epoch}" if bars else None, serving=serving)
             stage.publish()
     finally:
         feat.close()
@@ -365,7 +366,8 @@ def _pack_matches(target: Path, digest: dict[str, Any], nodes_crc: str, spec: Pa
 
 
 def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], feat: _FeatureFile,
-                spec: PackSpec, digest: dict[str, Any], nodes_crc: str, bar_title: str | None = None) -> PackStats:
+                spec: PackSpec, digest: dict[str, Any], nodes_crc: str, bar_title: str | None = None,
+                serving: Serving | None = None) -> PackStats:
     """Segments planned a group at a time (their planning data within a quarter of the memory
     budget, the staging of their runs' writes within a quarter, two read chunks within an eighth,
     one segment's planning temporaries within half), each group packed by one sequential pass over
@@ -410,6 +412,10 @@ def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], 
             passes += 1
     assert positions.entry is not None and fills.entry is not None
     index_entry = write_array(out / "fill_index.npy", np.concatenate(fill_index), root=out)
+    # the ids the caches started the epoch with (a cache that carries its rows over): a resumed
+    # run starts its cache from them
+    start = {k: _entry(write_array(out / f"cache_start_{k}.npy", np.asarray(v, np.int64), root=out))
+             for k, v in (serving.start_state() if serving is not None else {}).items()}
     for k, entry in files.items():
         meta_segments[k].update(name=entry.name, size=entry.size, checksum=entry.checksum)
     meta = {
@@ -418,6 +424,7 @@ def _write_pack(out: Path, plan: Any, epoch: int, segments: Iterator[_Segment], 
         "dataset": plan.meta["dataset"]["identity"], "row_bytes": feat.row_bytes, "dtype": str(feat.dtype),
         "dim": feat.dim, "segment_batches": spec.segment_batches, "order": "first use",
         "positions": _entry(positions.entry), "fills": _entry(fills.entry), "fill_index": _entry(index_entry),
+        "cache_start": start,
         "segments": meta_segments,
     }
     write_bytes_entry(out / "pack.json", out, json.dumps(meta, indent=2).encode())

@@ -38,6 +38,12 @@ class Serving(Protocol):
         """Batch ``t`` (``nodes``, its node ids): a mask of the nodes the caches serve, and the ids
         the caches load from outside at this step (sorted, distinct)."""
 
+    def end(self) -> None:
+        """The epoch's last step was taken (a cache that carries its rows over remembers them)."""
+
+    def start_state(self) -> dict[str, np.ndarray]:
+        """Id arrays the epoch's caches started from, recorded in the pack (empty: none)."""
+
 
 def isin_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
     """``np.isin(values, sorted_set)`` for a sorted, distinct ``sorted_set`` (binary search).

@@ -247,7 +247,7 @@ class FuturePolicy:
     """
 
     def __init__(self, capacity_rows: int, victim_rows: int, num_rows: int, batches: Batches, window: int,
-                 hotness: np.ndarray | None = None, *, bypass: bool = False) -> None:
+                 hotness: np.ndarray | None = None, *, bypass: bool = False, start: Any = None) -> None:
         if int(capacity_rows) < 0 or int(victim_rows) < 0:
             raise InputError(None, f"capacities {capacity_rows}, {victim_rows}", expected="rows >= 0")
         if hotness is not None and np.shape(hotness) != (int(num_rows),):
@@ -261,6 +261,8 @@ class FuturePolicy:
         self.window = self.next_use.window
         self._hot, self._hot_max, self._rank = self._hotness(hotness)
         self.device, self.victim = _Slots(self.capacity), _Slots(self.victim_capacity)
+        if start is not None:  # (device ids, victim ids), or (device slots, victim slots) to carry on with
+            self._start(*start)
         self.step_at = -1
 
     def _hotness(self, hotness: Any) -> tuple[Any, int, np.ndarray | None]:
@@ -278,6 +280,23 @@ class FuturePolicy:
         if (self.window + 1) * spread * max(self.num_rows, 1) >= NO_USE:
             raise InputError(None, f"window {self.window} x {self.num_rows} rows overflows the int64 rank")
         return hot, spread - 1, rank
+
+    def _start(self, device: Any, victim: Any) -> None:
+        if isinstance(device, _Slots) and isinstance(victim, _Slots):  # the same rows in the same slots
+            if (device.used.size, victim.used.size) != (self.capacity, self.victim_capacity):
+                raise InputError(None, "slots of another cache size", expected=f"{self.capacity} + {self.victim_capacity}")
+            self.device, self.victim = device, victim
+            return
+        for slots, ids, cap in ((self.device, device, self.capacity), (self.victim, victim, self.victim_capacity)):
+            ids = np.unique(np.asarray(ids, dtype=np.int64))
+            if ids.size > cap:
+                raise InputError(None, f"a start state of {ids.size} rows", expected=f"at most {cap}")
+            self._check_ids(ids)
+            slots.add(ids)
+
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        """(device ids, victim ids) now, sorted: what a next epoch may start from."""
+        return self.device.ids.copy(), self.victim.ids.copy()
 
     def resident_ids(self) -> np.ndarray:
         """Ids on the device now, sorted."""
@@ -405,24 +424,42 @@ class FutureServing:
         self.window = int(window)
         self.pinned = np.unique(np.asarray(pinned if pinned is not None else _EMPTY, dtype=np.int64))
         self.policy: FuturePolicy | None = None
+        # the state the last epoch walked ended in: the next epoch starts from it, as the training
+        # cache carries its rows over (packs record their start, so a resumed run finds it)
+        self.carry: tuple[np.ndarray, np.ndarray] | None = None
+        self.started: tuple[np.ndarray, np.ndarray] = (_EMPTY, _EMPTY)
 
-    def __getstate__(self) -> dict[str, Any]:  # pickled into the background planner: no epoch state
+    def __getstate__(self) -> dict[str, Any]:  # pickled into the background planner: the carry, no policy
         return {**self.__dict__, "policy": None}
 
     def identity(self) -> dict[str, Any]:
         return {"kind": "future", "fetch": "bypass", "capacity": self.capacity, "victim": self.victim_rows, "window": self.window,
                 "pinned": ids_digest(self.pinned), "hotness": "epoch access counts"}
 
-    def begin(self, epoch: Any) -> None:
-        """A new epoch (an ``EpochPlan``, whose access counts break ties, or a list of batches): the
-        cache starts empty, every epoch alike, so a resumed run rebuilds it by replaying the policy."""
+    def begin(self, epoch: Any, start: Any = None) -> None:
+        """A new epoch (an ``EpochPlan``, whose access counts break ties, or a list of batches),
+        starting from ``start`` ((device ids, victim ids), or slots to carry on with), else from
+        where the last epoch walked here ended (``carry``), else empty."""
         counts = getattr(epoch, "access_counts", None)
         batches = PlanBatches(epoch) if hasattr(epoch, "nodes") else epoch
+        start = start if start is not None else self.carry
+        self.started = (_EMPTY, _EMPTY) if start is None else (
+            (start[0].ids.copy(), start[1].ids.copy()) if isinstance(start[0], _Slots)
+            else (np.unique(np.asarray(start[0], dtype=np.int64)), np.unique(np.asarray(start[1], dtype=np.int64))))
         # bypass: a row enters when the batch using it has been served, from that batch's segment
         # (read anyway), and only if it ranks among the rows worth keeping; loading rows ahead of
         # their batch would pack them ahead, and again if evicted before their use
         self.policy = FuturePolicy(self.capacity, self.victim_rows, self.num_rows, WithoutIds(batches, self.pinned),
-                                   self.window, counts() if callable(counts) else None, bypass=True)
+                                   self.window, counts() if callable(counts) else None, bypass=True, start=start)
+
+    def end(self) -> None:
+        """The epoch was walked to its end: the next one starts from here."""
+        if self.policy is not None:
+            self.carry = self.policy.state()
+
+    def start_state(self) -> dict[str, np.ndarray]:
+        """What the epoch started from (the packer records it in the pack)."""
+        return {"device": self.started[0], "victim": self.started[1]}
 
     def step(self, t: int, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Batch ``t`` is served by the tiers as the steps before it left them; then the policy's
@@ -523,16 +560,29 @@ class FutureAwareCache(FeatureStore):
         self._dev, self._vic = policy.device, policy.victim
         self.next_use, self.window = policy.next_use, policy.window
 
-    def begin(self, epoch: Any) -> None:
-        """A new epoch (an ``EpochPlan``): empty tiers, then the serving policy over its batches."""
+    def begin(self, epoch: Any, start: dict[str, np.ndarray] | None = None) -> None:
+        """A new epoch (an ``EpochPlan``) under the serving policy, its tiers starting from ``start``
+        (the ids its pack records): the rows held now stay where they are when they are the same,
+        else the start's rows are read from ``backing`` (a resumed run)."""
+        import torch
+
         if self.serving is None:
             raise InputError(None, "begin(epoch) needs the cache made with serving=", expected="a FutureServing")
-        self._wait()
-        self.serving.begin(epoch)
-        assert self.serving.policy is not None
         if (self.serving.capacity, self.serving.victim_rows) != (self.capacity, self.victim_capacity):
             raise InputError(None, f"serving sized {self.serving.capacity} + {self.serving.victim_rows} rows",
                              expected=f"this cache's {self.capacity} + {self.victim_capacity}")
+        self._wait()
+        want = (start or {}).get("device", _EMPTY), (start or {}).get("victim", _EMPTY)
+        if np.array_equal(want[0], self._dev.ids) and np.array_equal(want[1], self._vic.ids):
+            self.serving.begin(epoch, start=(self._dev, self._vic))  # carry on: same rows, same slots
+        else:
+            self.serving.begin(epoch, start=want)
+            assert self.serving.policy is not None
+            for slots, rows in ((self.serving.policy.device, self.rows), (self.serving.policy.victim, self.victim)):
+                if slots.ids.size:
+                    got = self.backing.gather(torch.from_numpy(slots.ids))
+                    rows[torch.from_numpy(slots.slots).to(rows.device)] = got.to(rows.device)
+        assert self.serving.policy is not None
         self._use(self.serving.policy)
 
     def skip_to(self, t: int) -> None:
@@ -540,7 +590,7 @@ class FutureAwareCache(FeatureStore):
         rows it holds from ``backing``: the same contents as a run that never stopped."""
         import torch
 
-        for s in range(int(t)):
+        for s in range(self.policy.step_at + 1, int(t)):
             self.policy.step(s)
         for ids, slots, rows in ((self._dev.ids, self._dev.slots, self.rows), (self._vic.ids, self._vic.slots, self.victim)):
             if ids.size:

@@ -91,3 +91,9 @@ class StaticServing:
 
     def step(self, t: int, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return isin_sorted(np.asarray(nodes, dtype=np.int64), self.cached), _NONE
+
+    def end(self) -> None:
+        pass
+
+    def start_state(self) -> dict[str, np.ndarray]:
+        return {}
