@@ -122,19 +122,17 @@ def test_the_future_aware_cache_trains_on_the_memory_bits_and_resumes_exactly(
     same losses. Whether it packs less than static placement is the ablation benchmark's question."""
     same_memory = {"mode": "offline", "gpu_cache": "48K", "cpu_cache": "16K", "epochs": 2}
     memory = train(config(dataset, tmp_path / "memory", mode="memory", epochs=2), say=quiet)
-    static = train(config(dataset, tmp_path / "static", **same_memory), say=quiet)
     future = train(config(dataset, tmp_path / "future", cache="future", cache_window=8, **same_memory), say=quiet)
     losses = [r["loss"] for r in steps(tmp_path / "memory")]
-    assert [r["loss"] for r in steps(tmp_path / "future")] == losses == [r["loss"] for r in steps(tmp_path / "static")]
+    assert [r["loss"] for r in steps(tmp_path / "future")] == losses
     assert future["best_valid_acc"] == memory["best_valid_acc"]
-    assert future["store"]["hits"]["device"] > 0 and static["store"]["hits"]["device"] > 0
-    per_epoch = len(losses) // 2
-    for stop in (per_epoch // 2, per_epoch + 3):  # mid-epoch 0, and mid-epoch 1 (its cache carried over)
-        part = tmp_path / f"part-{stop}"
-        train(config(dataset, part, cache="future", cache_window=8, max_steps=stop, checkpoint_every=4,
-                     **same_memory), say=quiet)
-        resume(part, {"max_steps": 10**9}, say=quiet)
-        assert [r["loss"] for r in steps(part)] == losses
+    assert future["store"]["hits"]["device"] > 0
+    stop = len(losses) // 2 + 3  # mid-epoch 1: its cache carried over from epoch 0, then replayed
+    part = tmp_path / "part"
+    train(config(dataset, part, cache="future", cache_window=8, max_steps=stop, checkpoint_every=4, **same_memory),
+          say=quiet)
+    resume(part, {"max_steps": 10**9}, say=quiet)
+    assert [r["loss"] for r in steps(part)] == losses
     with pytest.raises(ConfigError, match="cache: future follows a plan"):
         config(dataset, tmp_path / "x", mode="online", cache="future")
 
