@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from gnn_ooc.errors import GnnOocError, OutputError
 from gnn_ooc.units import format_size
 
 DEFAULT_TRAIN_WORK = Path(tempfile.gettempdir()) / "gnn-ooc-bench-train"
@@ -96,8 +97,13 @@ def plan_epoch(ds_path: Path, fanouts: list[int], batch_size: int) -> Any:
     from gnn_ooc.sampler.plan import Planner, PlanSpec
 
     ds = Dataset.open(ds_path)
-    planner = Planner(ds, NeighborSampler(ds, fanouts), PlanSpec(name=PLAN, batch_size=batch_size, seed=0),
-                      force=True)
+    path = ds.path / "plans" / PLAN
+    if path.exists() or path.is_symlink():
+        # never replaced: it may be a plan of the user's of that name; this benchmark removes only
+        # the plan it made in this run (a killed run leaves it: removing it is the user's call)
+        raise OutputError(f"{path} exists: a plan of yours, or one a killed bench-cache run left; remove it "
+                          f"(gnn-ooc clean {ds.path} --all-plans, or rm -r) and run again")
+    planner = Planner(ds, NeighborSampler(ds, fanouts), PlanSpec(name=PLAN, batch_size=batch_size, seed=0))
     for e in (0, 1):  # epoch 0 warms the caches that carry over; epoch 1 is measured
         planner.plan_epoch(e)
     return ds, planner.plan
@@ -184,10 +190,11 @@ def graph_report(label: str, ds_path: Path, args: argparse.Namespace) -> dict[st
     for o in opt:
         say(f"{label} {100 * o['cache_fraction']:g} %: future {100 * o['hit_rate_window']:.1f} % vs whole-epoch "
             f"{100 * o['hit_rate_whole']:.1f} % on {o['batches']} batches")
-    from gnn_ooc.graphstore.io.atomic import remove_dir
+    from gnn_ooc.graphstore.io.owned import PLAN as PLAN_KIND
+    from gnn_ooc.tools.bench.preprocess import remove_own
 
     batches = len(plan.epoch(1))
-    remove_dir(plan.path, plan.path.parent)
+    remove_own(plan.path, PLAN_KIND)  # the plan this run made (plan_epoch refuses one that was there)
     return {"graph": label, "nodes": ds.num_nodes, "edges": ds.num_edges, "feature_bytes": feats,
             "batches": batches, "runs": runs, "belady": opt}
 
@@ -252,21 +259,29 @@ def main(argv: list[str] | None = None) -> int:
     args.sizes = [float(x) for x in args.sizes.split(",")]
     args.belady_sizes = [float(x) for x in args.belady_sizes.split(",")] if args.belady_sizes else []
     args.fanouts = [int(x) for x in args.fanouts.split(",")]
-    reports = []
-    for g in args.graphs.split(","):
-        if g == "train":
-            ds = args.train_work / "dataset"
-            if not (ds / "manifest.json").is_file():
-                say(f"{ds}: no training benchmark dataset (run python -m gnn_ooc.tools.bench.train first); skipped")
-                continue
-        else:
-            ds = make_graph(args.work, args.nodes, 8.0, 128, args.exponent)
-        reports.append(graph_report(g, ds, args))
+    try:
+        reports = [r for g in args.graphs.split(",") if (r := graph(g, args)) is not None]
+    except GnnOocError as e:
+        say(f"error: {e}")
+        return e.exit_code
     out = {"reports": reports, "ratios": {r["graph"]: ratios(r) for r in reports}}
     print(json.dumps(out, indent=2))
     if args.plot is not None:
         plot(reports, args.plot)
     return 0
+
+
+def graph(g: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Graph ``g``'s report (``train``: bench.train's dataset, None when it is not there; else the
+    weaker-locality graph, made once)."""
+    if g == "train":
+        ds = args.train_work / "dataset"
+        if not (ds / "manifest.json").is_file():
+            say(f"{ds}: no training benchmark dataset (run python -m gnn_ooc.tools.bench.train first); skipped")
+            return None
+    else:
+        ds = make_graph(args.work, args.nodes, 8.0, 128, args.exponent)
+    return graph_report(g, ds, args)
 
 
 if __name__ == "__main__":
