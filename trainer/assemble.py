@@ -178,7 +178,6 @@ class BatchAssembler:
     def _fill(self, b: int, segment: Segment | None) -> Callable[[np.ndarray, Any], None]:
         """Where the future cache's entering rows at batch ``b`` come from: the batch's segment
         (the packer put them in its run), or the backing store for an unpacked segment."""
-        import torch
 
         assert self.packed is not None
         packed, at = self.packed, self.packed.fill_rows(b)
@@ -187,14 +186,7 @@ class BatchAssembler:
             if at.size != ids.size:
                 raise DatasetError(f"{packed.path}: batch {b} packs {at.size} rows for the cache, whose policy "
                                    f"loads {ids.size}: packed for another cache (pack the epoch again)")
-            here = at >= 0 if segment is not None else np.zeros(at.size, bool)
-            if here.any():
-                rows = torch.from_numpy(segment.rows)  # type: ignore[union-attr]
-                rows = rows.view(out.dtype) if rows.dtype != out.dtype else rows
-                move_rows(rows, torch.from_numpy(at[here]), out, torch.from_numpy(np.flatnonzero(here)))
-            rest = np.flatnonzero(~here)
-            if rest.size:
-                self.future.backing.gather_at(torch.from_numpy(ids[rest]), out, torch.from_numpy(rest))
+            _place(ids, at, None if segment is None else segment.rows, out, self.future.backing)
 
         return fill
 
@@ -219,14 +211,7 @@ class BatchAssembler:
         if pos is None or segment_rows is None:
             self.store.gather(torch.from_numpy(np.asarray(node, dtype=np.int64)), out=out)
             return
-        from_seg = pos >= 0
-        rows = torch.from_numpy(segment_rows)
-        rows = rows.view(self.store.dtype) if rows.dtype != self.store.dtype else rows  # bfloat16 is stored as uint16
-        move_rows(rows, torch.from_numpy(pos[from_seg]), out, torch.from_numpy(np.flatnonzero(from_seg)))
-        self.store.stats.add_hits("packed", int(from_seg.sum()), from_disk=False)
-        rest = np.flatnonzero(~from_seg)
-        if rest.size:
-            self.store.gather_at(torch.from_numpy(node[rest]), out, torch.from_numpy(rest))
+        self.store.stats.add_hits("packed", _place(node, pos, segment_rows, out, self.store), from_disk=False)
 
     def _feature_buffers(self) -> BatchBuffers:
         if self._features is None:
@@ -257,3 +242,19 @@ class BatchAssembler:
     def close(self) -> None:
         self.end()
         self.store.close()
+
+
+def _place(ids: np.ndarray, at: np.ndarray, segment_rows: np.ndarray | None, out: Any, store: FeatureStore) -> int:
+    """``out[i]`` = row ``ids[i]``: from ``segment_rows[at[i]]`` where ``at[i] >= 0`` (and a segment
+    is at hand), else from ``store``; returns how many came from the segment."""
+    import torch
+
+    here = at >= 0 if segment_rows is not None else np.zeros(at.size, bool)
+    if here.any():
+        rows = torch.from_numpy(segment_rows)
+        rows = rows.view(out.dtype) if rows.dtype != out.dtype else rows  # bfloat16 is stored as uint16
+        move_rows(rows, torch.from_numpy(at[here]), out, torch.from_numpy(np.flatnonzero(here)))
+    rest = np.flatnonzero(~here)
+    if rest.size:
+        store.gather_at(torch.from_numpy(np.asarray(ids, dtype=np.int64)[rest]), out, torch.from_numpy(rest))
+    return int(here.sum())

@@ -125,6 +125,12 @@ class NextUse:
     def __len__(self) -> int:
         return len(self.batches)
 
+    def held(self, b: int) -> np.ndarray:
+        """Batch ``b``'s distinct ids, from the window when it holds them (no second read)."""
+        if self._lo <= b < self._lo + len(self._distinct):
+            return self._distinct[b - self._lo]
+        return self.distinct(b)
+
     def distinct(self, b: int) -> np.ndarray:
         """Batch ``b``'s distinct ids, sorted."""
         ids = np.asarray(self.batches[b])
@@ -332,8 +338,8 @@ class FuturePolicy:
         if t == self.step_at:
             return None
         if self.bypass:  # ranked by the uses after t; batch t's rows and the victim's may enter
+            batch = self.next_use.held(t)  # before the window slides past it
             need, when = self.next_use.table(t + 1) if t + 1 <= len(self.next_use) else (_EMPTY, _EMPTY)
-            batch = self.next_use.distinct(t)
             self._check_ids(batch)
             fresh, at = np.union1d(batch, self.victim.ids), t + 1
         else:  # ranked by the uses from t on; whatever the window needs may enter
@@ -443,14 +449,12 @@ class FutureServing:
         counts = getattr(epoch, "access_counts", None)
         batches = PlanBatches(epoch) if hasattr(epoch, "nodes") else epoch
         start = start if start is not None else self.carry
-        self.started = (_EMPTY, _EMPTY) if start is None else (
-            (start[0].ids.copy(), start[1].ids.copy()) if isinstance(start[0], _Slots)
-            else (np.unique(np.asarray(start[0], dtype=np.int64)), np.unique(np.asarray(start[1], dtype=np.int64))))
         # bypass: a row enters when the batch using it has been served, from that batch's segment
         # (read anyway), and only if it ranks among the rows worth keeping; loading rows ahead of
         # their batch would pack them ahead, and again if evicted before their use
         self.policy = FuturePolicy(self.capacity, self.victim_rows, self.num_rows, WithoutIds(batches, self.pinned),
                                    self.window, counts() if callable(counts) else None, bypass=True, start=start)
+        self.started = self.policy.state()
 
     def end(self) -> None:
         """The epoch was walked to its end: the next one starts from here."""
@@ -564,7 +568,6 @@ class FutureAwareCache(FeatureStore):
         """A new epoch (an ``EpochPlan``) under the serving policy, its tiers starting from ``start``
         (the ids its pack records): the rows held now stay where they are when they are the same,
         else the start's rows are read from ``backing`` (a resumed run)."""
-        import torch
 
         if self.serving is None:
             raise InputError(None, "begin(epoch) needs the cache made with serving=", expected="a FutureServing")
@@ -573,29 +576,31 @@ class FutureAwareCache(FeatureStore):
                              expected=f"this cache's {self.capacity} + {self.victim_capacity}")
         self._wait()
         want = (start or {}).get("device", _EMPTY), (start or {}).get("victim", _EMPTY)
-        if np.array_equal(want[0], self._dev.ids) and np.array_equal(want[1], self._vic.ids):
+        carried = np.array_equal(want[0], self._dev.ids) and np.array_equal(want[1], self._vic.ids)
+        if carried:
             self.serving.begin(epoch, start=(self._dev, self._vic))  # carry on: same rows, same slots
         else:
             self.serving.begin(epoch, start=want)
-            assert self.serving.policy is not None
-            for slots, rows in ((self.serving.policy.device, self.rows), (self.serving.policy.victim, self.victim)):
-                if slots.ids.size:
-                    got = self.backing.gather(torch.from_numpy(slots.ids))
-                    rows[torch.from_numpy(slots.slots).to(rows.device)] = got.to(rows.device)
         assert self.serving.policy is not None
         self._use(self.serving.policy)
+        if not carried:
+            self._load_held()
 
     def skip_to(self, t: int) -> None:
         """Resume at batch ``t``: replay the policy over batches ``0..t-1`` (ids only), then load the
         rows it holds from ``backing``: the same contents as a run that never stopped."""
-        import torch
-
         for s in range(self.policy.step_at + 1, int(t)):
             self.policy.step(s)
-        for ids, slots, rows in ((self._dev.ids, self._dev.slots, self.rows), (self._vic.ids, self._vic.slots, self.victim)):
-            if ids.size:
-                got = self.backing.gather(torch.from_numpy(ids))
-                rows[torch.from_numpy(slots).to(rows.device)] = got.to(rows.device)
+        self._load_held()
+
+    def _load_held(self) -> None:
+        """Read every row the policy says the tiers hold from ``backing`` into its slot."""
+        import torch
+
+        for held, rows in ((self._dev, self.rows), (self._vic, self.victim)):
+            if held.ids.size:
+                got = self.backing.gather(torch.from_numpy(held.ids))
+                rows[torch.from_numpy(held.slots).to(rows.device)] = got.to(rows.device)
 
     def tiers(self) -> list[Any]:
         """The device cache and the victim buffer as two tiers of a ``TieredStore`` (lookups by id)."""
