@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.gnn-ooc-installed
 DEMO   ?= demo
 
-.PHONY: setup demo test typecheck lint bench-preprocess bench-sampler bench-features bench-train bench-integrity bench-memory bench-scale bench-cache clean
+.PHONY: setup demo test typecheck lint bench-preprocess bench-sampler bench-features bench-train bench-integrity bench-memory bench-scale bench-cache gpu-wheels clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The wheels of the dependencies a GPU machine's image lacks (pydantic and what it needs), for
+# Python 3.12 on x86_64 Linux, into .whl/ (ignored): carried there and installed with
+# pip install --no-index --no-deps .whl/*.whl, since nothing can be downloaded on that machine.
+GPU_WHEELS ?= pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl $(GPU_WHEELS)
 
 typecheck: setup
 	$(BIN)/python -m mypy src graphstore sampler trainer tools

@@ -549,8 +549,8 @@ def _add_train(sub: Any) -> None:
     for f in cli_fields():
         flag = "--" + f.name.replace("_", "-")
         # a None default is explained by the help text itself ("default: from the memory budget")
-        help_text = f.metadata["help"] + ("" if f.default is None else f" (default: {_default_text(f.default)})")
-        if str(f.type).startswith("bool"):
+        help_text = f.help + ("" if f.default is None else f" (default: {_default_text(f.default)})")
+        if f.is_flag:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             p.add_argument(flag, dest=f.name, default=None, help=help_text, metavar=f.name.upper())

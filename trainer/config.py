@@ -1,37 +1,51 @@
 """The one schema of ``gnn-ooc train`` settings: defaults, types, help, and how they are resolved.
 
 Settings come from three layers, later ones winning: the defaults here, a ``--config`` YAML
-(or JSON) file, then command-line flags. ``TrainConfig.resolve`` merges them once, checks
-every value, and returns a frozen config; components get plain arguments from it, never the
-config object itself. The resolved config is saved in the run folder, and ``--resume RUN``
-reloads it from there.
+(or JSON) file, then command-line flags. ``TrainConfig.resolve`` merges them once and
+validates them with pydantic against this schema (types, units, choices, bounds and the
+checks across settings), and returns a frozen config; errors name the setting and where it
+came from. Components get plain arguments from it, never the config object itself. The
+resolved config is saved in the run folder, and ``--resume RUN`` reloads it from there.
 
 Example:
     >>> cfg = TrainConfig.resolve({"dataset": "data/cora", "fanouts": "10,5"}, {"epochs": 3})
     >>> cfg.fanouts, cfg.epochs, cfg.lr
     ((10, 5), 3, 0.003)
+    >>> TrainConfig.resolve({"dataset": "x"}, {"memory_budget": "2G"}).memory_budget
+    2147483648
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from gnn_ooc.errors import GnnOocError
 from gnn_ooc.units import parse_size
 
-MODES = ("auto", "offline", "online", "memory", "mmap")
-CACHES = ("static", "future")
-MODELS = ("sage", "gcn", "gat")
-NORMS = ("none", "batch", "layer")
-PRECISIONS = ("fp32", "bf16", "fp16")
-SCHEDULERS = ("none", "cosine", "step")
-DEVICES = ("auto", "cpu", "cuda")
+Mode = Literal["auto", "offline", "online", "memory", "mmap"]
+Cache = Literal["static", "future"]
+ModelName = Literal["sage", "gcn", "gat"]
+Norm = Literal["none", "batch", "layer"]
+Precision = Literal["fp32", "bf16", "fp16"]
+Scheduler = Literal["none", "cosine", "step"]
+Device = Literal["auto", "cpu", "cuda"]
+Topology = Literal["auto", "memory", "external"]
+MODES, CACHES, MODELS, NORMS, PRECISIONS, SCHEDULERS, DEVICES = (
+    typing.get_args(t) for t in (Mode, Cache, ModelName, Norm, Precision, Scheduler, Device))
 
 
 class ConfigError(GnnOocError):
@@ -40,110 +54,148 @@ class ConfigError(GnnOocError):
     exit_code = 2
 
 
-def _opt(default: Any, help: str, **kw: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kw})
+def _not_bool(value: Any) -> Any:
+    """Integers from ints, integral floats or digit strings, never from ``true``/``false``."""
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, got a boolean")
+    return value
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every ``gnn-ooc train`` setting with its default (the only place defaults live)."""
+def _size(value: Any) -> int:
+    """Bytes from an int or a size with a unit (``"2G"``, ``"512MiB"``)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size in bytes (e.g. 4G), got a boolean")
+    return parse_size(value if isinstance(value, (int, str)) else int(value))
+
+
+def _int_list(value: Any) -> Any:
+    """Fan-outs from ``"10,5"``, ``10`` or ``[10, 5]``."""
+    if isinstance(value, str):
+        return [v for v in value.replace(" ", "").split(",") if v]
+    return [value] if isinstance(value, int) else value
+
+
+def _fanouts(value: tuple[int, ...]) -> tuple[int, ...]:
+    if not value or any(f == 0 or f < -1 for f in value):
+        raise ValueError("expected positive counts or -1 (all), one per layer")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Positive = Annotated[Int, Field(ge=1)]
+NonNegative = Annotated[Int, Field(ge=0)]
+Size = Annotated[int, BeforeValidator(_size)]
+FanOuts = Annotated[tuple[Int, ...], BeforeValidator(_int_list), AfterValidator(_fanouts)]
+Dropout = Annotated[float, Field(ge=0.0, lt=1.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+
+
+def _opt(default: Any, help: str) -> Any:
+    return Field(default=default, description=help)
+
+
+class TrainConfig(BaseModel):
+    """Every ``gnn-ooc train`` setting with its default (the only place defaults live).
+
+    Example:
+        >>> TrainConfig(dataset="data/cora", epochs="2").epochs
+        2
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True,
+                              validate_default=False)
 
     dataset: str = _opt("", "the preprocessed dataset folder")
     out: str = _opt("", "the run folder (metrics, checkpoints, summary.json); default DATASET/runs/<time>")
-    mode: str = _opt("auto", "offline (plan + packs + caches), online (sampling + tiers), memory (features in "
-                             "RAM), mmap (sampling + page-cache gathers: the naive baseline), or auto: offline",
-                 choices=MODES)
-    model: str = _opt("sage", "sage | gcn | gat", choices=MODELS)
-    fanouts: tuple[int, ...] = _opt((10, 5), "neighbours per hop, seeds' hop first (-1: all); also the depth")
-    batch_size: int = _opt(1024, "seed nodes per batch")
-    epochs: int = _opt(10, "epochs to train")
-    hidden: int = _opt(256, "hidden size")
-    dropout: float = _opt(0.5, "dropout between layers")
-    norm: str = _opt("none", "normalisation between layers: none | batch | layer", choices=NORMS)
-    heads: int = _opt(4, "attention heads (gat)")
-    lr: float = _opt(0.003, "learning rate (Adam)")
-    weight_decay: float = _opt(0.0, "weight decay")
-    scheduler: str = _opt("none", "learning-rate schedule: none | cosine (over the epochs) | step (x0.5 every "
-                                  "quarter of the epochs)", choices=SCHEDULERS)
-    seed: int = _opt(0, "seed of the epoch orders, the sampling and the model")
-    memory_budget: int = _opt(4 << 30, "bytes the run may hold: caches, in-flight batches, planning (e.g. 4G)",
-                              size=True)
-    gpu_cache: int | None = _opt(None, "device cache bytes (default: from the memory budget)", size=True)
-    cpu_cache: int | None = _opt(None, "pinned host cache bytes (default: from the memory budget)", size=True)
-    cache: str = _opt("static", "the device cache offline: static (the hottest rows by the plan's access counts, "
+    mode: Mode = _opt("auto", "offline (plan + packs + caches), online (sampling + tiers), memory (features in "
+                             "RAM), mmap (sampling + page-cache gathers: the naive baseline), or auto: offline")
+    model: ModelName = _opt("sage", "sage | gcn | gat")
+    fanouts: FanOuts = _opt((10, 5), "neighbours per hop, seeds' hop first (-1: all); also the depth")
+    batch_size: Positive = _opt(1024, "seed nodes per batch")
+    epochs: Positive = _opt(10, "epochs to train")
+    hidden: Positive = _opt(256, "hidden size")
+    dropout: Dropout = _opt(0.5, "dropout between layers")
+    norm: Norm = _opt("none", "normalisation between layers: none | batch | layer")
+    heads: Positive = _opt(4, "attention heads (gat)")
+    lr: PositiveFloat = _opt(0.003, "learning rate (Adam)")
+    weight_decay: NonNegativeFloat = _opt(0.0, "weight decay")
+    scheduler: Scheduler = _opt("none", "learning-rate schedule: none | cosine (over the epochs) | step (x0.5 every "
+                                  "quarter of the epochs)")
+    seed: Int = _opt(0, "seed of the epoch orders, the sampling and the model")
+    memory_budget: Size = _opt(4 << 30, "bytes the run may hold: caches, in-flight batches, planning (e.g. 4G)")
+    gpu_cache: Size | None = _opt(None, "device cache bytes (default: from the memory budget)")
+    cpu_cache: Size | None = _opt(None, "pinned host cache bytes (default: from the memory budget)")
+    cache: Cache = _opt("static", "the device cache offline: static (the hottest rows by the plan's access counts, "
                                 "fixed) or future (follows the plan: Belady over --cache-window batches, with a victim "
-                                "buffer of half the pinned cache; the rows it will hold are not packed)",
-                      choices=CACHES)
-    cache_window: int = _opt(16, "batches the future-aware cache looks ahead")
+                                "buffer of half the pinned cache; the rows it will hold are not packed)")
+    cache_window: Positive = _opt(16, "batches the future-aware cache looks ahead")
     pack_budget: str | None = _opt(None, "disk bytes for packed segments, or a multiple of the feature file (2x)")
-    segment_batches: int = _opt(0, "batches per packed segment (0: as many as a segment buffer, an eighth of "
+    segment_batches: NonNegative = _opt(0, "batches per packed segment (0: as many as a segment buffer, an eighth of "
                                    "the memory budget, holds; at most 64)")
-    keep_epochs: int = _opt(2, "planned epochs kept on disk (the one training and the next; offline keeps at least 2)")
+    keep_epochs: Positive = _opt(2, "planned epochs kept on disk (the one training and the next; offline keeps at least 2)")
     plan: str | None = _opt(None, "train on this plan of the dataset (gnn-ooc sample --name NAME) instead of planning "
                                   "a run's own: its epochs are used as they are (and kept), missing ones planned into it; "
                                   "its fan-outs, batch size and seed are the defaults (offline mode)")
-    topology: str = _opt("auto", "how planning reads the topology: memory (node by node), external (sweeps over "
-                         "groups of batches, for a topology larger than memory), auto (external when it does not fit)",
-                         choices=("auto", "memory", "external"))
-    threads: int | None = _opt(None, "CPU threads for torch and the samplers (default: all)")
-    device: str = _opt("auto", "auto | cpu | cuda", choices=DEVICES)
-    precision: str = _opt("fp32", "fp32 | bf16 | fp16 autocast", choices=PRECISIONS)
-    eval_fanouts: tuple[int, ...] | None = _opt(None, "fan-outs for evaluation (default: the training ones)")
-    eval_batch_size: int | None = _opt(None, "seed nodes per evaluation batch (default: batch size)")
-    eval_every: int = _opt(1, "evaluate on valid and test every N epochs and after the last (0: never)")
-    patience: int | None = _opt(None, "stop after N evaluations without a better validation accuracy")
-    checkpoint_every: int | None = _opt(None, "also checkpoint every N steps inside an epoch")
-    prefetch: int = _opt(4, "batches in flight per pipeline stage (capped by the memory budget)")
+    topology: Topology = _opt("auto", "how planning reads the topology: memory (node by node), external (sweeps over "
+                         "groups of batches, for a topology larger than memory), auto (external when it does not fit)")
+    threads: Positive | None = _opt(None, "CPU threads for torch and the samplers (default: all)")
+    device: Device = _opt("auto", "auto | cpu | cuda")
+    precision: Precision = _opt("fp32", "fp32 | bf16 | fp16 autocast")
+    eval_fanouts: FanOuts | None = _opt(None, "fan-outs for evaluation (default: the training ones)")
+    eval_batch_size: Positive | None = _opt(None, "seed nodes per evaluation batch (default: batch size)")
+    eval_every: NonNegative = _opt(1, "evaluate on valid and test every N epochs and after the last (0: never)")
+    patience: Positive | None = _opt(None, "stop after N evaluations without a better validation accuracy")
+    checkpoint_every: Positive | None = _opt(None, "also checkpoint every N steps inside an epoch")
+    prefetch: Positive = _opt(4, "batches in flight per pipeline stage (capped by the memory budget)")
     progress: bool = _opt(True, "tqdm progress bar with live stage times and hit rates")
-    max_steps: int | None = _opt(None, "stop after this many steps in total (for smoke tests)")
+    max_steps: Positive | None = _opt(None, "stop after this many steps in total (for smoke tests)")
+
+    @model_validator(mode="after")
+    def _across(self) -> TrainConfig:
+        """The checks that involve more than one setting."""
+        if not self.dataset:
+            raise ValueError("dataset: required (gnn-ooc train DATASET or dataset: in the config file)")
+        if self.plan is not None and self.mode not in ("auto", "offline"):
+            raise ValueError(f"plan: {self.plan!r} is for offline training; mode is {self.mode}")
+        if self.cache == "future" and self.mode not in ("auto", "offline"):
+            raise ValueError(f"cache: future follows a plan (offline training); mode is {self.mode}")
+        if self.eval_fanouts is not None and len(self.eval_fanouts) != len(self.fanouts):
+            raise ValueError(f"eval_fanouts: {len(self.eval_fanouts)} hops, the model has {len(self.fanouts)}")
+        return self
 
     @classmethod
     def resolve(cls, file_values: Mapping[str, Any] | None = None,
                 flag_values: Mapping[str, Any] | None = None, *, source: str = "config") -> TrainConfig:
         """Defaults, then ``file_values``, then ``flag_values`` (``None`` flags are not given)."""
         merged: dict[str, Any] = {}
+        origin: dict[str, str] = {}
         for where, values in ((source, file_values or {}), ("flags", flag_values or {})):
             for key, value in values.items():
                 name = key.replace("-", "_")
-                if name not in _FIELDS:
-                    raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(_FIELDS))})")
+                if name not in cls.model_fields:
+                    known = ", ".join(sorted(cls.model_fields))
+                    raise ConfigError(f"{where}: unknown setting {key!r} (known: {known})")
                 if value is not None:
-                    merged[name] = _coerce(_FIELDS[name], value, where)
-        cfg = cls(**merged)
-        cfg.check()
-        return cfg
-
-    def check(self) -> None:
-        if not self.dataset:
-            raise ConfigError("dataset: required (gnn-ooc train DATASET or dataset: in the config file)")
-        for name in ("batch_size", "epochs", "hidden", "heads", "keep_epochs", "prefetch", "cache_window"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: {getattr(self, name)}, expected >= 1")
-        if self.eval_every < 0:
-            raise ConfigError(f"eval_every: {self.eval_every}, expected >= 0 (0: never evaluate)")
-        if self.segment_batches < 0:
-            raise ConfigError(f"segment_batches: {self.segment_batches}, expected >= 0 (0: fitted to the budget)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout: {self.dropout}, expected 0 <= dropout < 1")
-        if not self.fanouts or any(f == 0 or f < -1 for f in self.fanouts):
-            raise ConfigError(f"fanouts: {self.fanouts}, expected positive counts or -1 (all), one per layer")
-        if self.plan is not None and self.mode not in ("auto", "offline"):
-            raise ConfigError(f"plan: {self.plan!r} is for offline training; mode is {self.mode}")
-        if self.cache == "future" and self.mode not in ("auto", "offline"):
-            raise ConfigError(f"cache: future follows a plan (offline training); mode is {self.mode}")
-        if self.eval_fanouts is not None and len(self.eval_fanouts) != len(self.fanouts):
-            raise ConfigError(f"eval_fanouts: {len(self.eval_fanouts)} hops, the model has {len(self.fanouts)}")
+                    merged[name], origin[name] = value, where
+        try:
+            return cls(**merged)
+        except ValidationError as e:
+            raise ConfigError(_one_line(e, merged, origin, source)) from None
 
     @property
     def num_layers(self) -> int:
         return len(self.fanouts)
 
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes``, validated like any other config."""
+        return type(self).resolve({**self.to_dict(), **changes}, source="replace")
+
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
+        return {name: (list(v) if isinstance(v := getattr(self, name), tuple) else v) for name in type(self).model_fields}
 
     def save(self, path: Path) -> None:
-        """Write the resolved config (YAML when PyYAML imports, else JSON) atomically."""
+        """Write the resolved config (YAML for ``.yaml``/``.yml``, else JSON) atomically."""
         from gnn_ooc.graphstore.io.atomic import atomic_write_bytes
 
         atomic_write_bytes(path, _dump(self.to_dict(), path.suffix).encode())
@@ -153,8 +205,31 @@ class TrainConfig:
         return cls.resolve(read_config_file(path), source=str(path))
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_HINTS = typing.get_type_hints(TrainConfig)  # the annotations as types (this module's are strings)
+def _one_line(error: ValidationError, given: Mapping[str, Any], origin: Mapping[str, str], source: str) -> str:
+    """pydantic's first error as ``SOURCE: SETTING: VALUE: [item N: ]what was expected``."""
+    first = error.errors(include_url=False)[0]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if not first["loc"]:  # a check across settings: its message names them
+        return f"{source}: {message}"
+    name, *inner = first["loc"]
+    item = "".join(f"item {i + 1}: " for i in inner if isinstance(i, int))
+    return f"{origin.get(str(name), source)}: {name}: {given.get(str(name), first['input'])!r}: {item}{message}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting as the CLI shows it: ``--NAME`` (underscores as dashes), its default and help."""
+
+    name: str
+    default: Any
+    help: str
+    is_flag: bool  # a boolean: --NAME / --no-NAME
+
+
+def cli_fields() -> list[Setting]:
+    """The settings the CLI exposes as ``--flags`` (all but ``dataset``, a positional argument)."""
+    return [Setting(name, f.default, f.description or "", f.annotation is bool)
+            for name, f in TrainConfig.model_fields.items() if name != "dataset"]
 
 
 class RunFolderError(GnnOocError):
@@ -215,57 +290,3 @@ def _dump(values: dict[str, Any], suffix: str) -> str:
 
         return str(yaml.safe_dump(values, sort_keys=False))
     return json.dumps(values, indent=2) + "\n"
-
-
-def _base_type(name: str) -> type:
-    """The field's type without ``| None``: ``int``, ``float``, ``bool``, ``str`` or ``tuple``."""
-    hint = _HINTS[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
-        hint = args[0]
-    return tuple if typing.get_origin(hint) is tuple else hint
-
-
-def _coerce(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
-    """``value`` as the field's type; sizes accept units, fan-outs accept ``"10,5"``."""
-    kind = _base_type(f.name)
-    parsers: dict[type, Callable[[Any], Any]] = {tuple: _int_tuple, bool: _bool, int: _int, float: float}
-    parse = parsers.get(kind, str)
-    try:
-        out = parse_size(value if isinstance(value, (int, str)) else int(value)) if f.metadata.get("size") else parse(value)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {f.name}: {value!r} is not a valid {f.type} ({e})") from None
-    choices = f.metadata.get("choices")
-    if choices and out not in choices:
-        raise ConfigError(f"{where}: {f.name}: {out!r}, expected one of {', '.join(choices)}")
-    return out
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ValueError("not an integer")
-    return int(value)
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
-def _int_tuple(value: Any) -> tuple[int, ...]:
-    if isinstance(value, str):
-        value = [v for v in value.replace(" ", "").split(",") if v]
-    if isinstance(value, int):
-        value = [value]
-    return tuple(_int(v) for v in value)
-
-
-def cli_fields() -> list[dataclasses.Field[Any]]:
-    """The settings the CLI exposes as ``--flags`` (all but ``dataset``, a positional argument)."""
-    return [f for f in dataclasses.fields(TrainConfig) if f.name != "dataset"]

@@ -91,8 +91,7 @@ def run_folder(cfg: TrainConfig) -> Path:
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with the dataset and run folders absolute: the saved config works from any folder
     (``--resume`` and ``embed`` from elsewhere)."""
-    return dataclasses.replace(cfg, dataset=str(Path(cfg.dataset).absolute()),
-                               out=str(run_folder(cfg).absolute()))
+    return cfg.replace(dataset=str(Path(cfg.dataset).absolute()), out=str(run_folder(cfg).absolute()))
 
 
 def train(cfg: TrainConfig, *, say: Say | None = None, rank: int | None = None,
@@ -161,7 +160,7 @@ def resume(run: Path, overrides: dict[str, Any] | None = None, *, say: Say | Non
         raise ConfigError(f"--resume keeps the run's settings; these cannot change: {', '.join(bad)}")
     saved = TrainConfig.load(cfg_path)
     if dataset is not None:
-        saved = dataclasses.replace(saved, dataset=str(Path(dataset).absolute()))
+        saved = saved.replace(dataset=str(Path(dataset).absolute()))
     cfg = TrainConfig.resolve(saved.to_dict(), overrides, source=str(cfg_path))
     parts = parts or Parts()
     say = say or log.info
