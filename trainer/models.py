@@ -32,7 +32,7 @@ from torch import nn
 
 from gnn_ooc.sampler.base import SampledSubgraph
 from gnn_ooc.trainer.base import BlockModel, TorchBlock, TrainerError
-from gnn_ooc.trainer.layers import GATConv, GCNConv, SAGEConv
+from gnn_ooc.trainer.layers import Dropout, GATConv, GCNConv, SAGEConv
 
 __all__ = ["GAT", "GCN", "ConvStack", "FromDglLayers", "FromPygLayers", "GraphSAGE", "dgl_block", "make_model"]
 
@@ -90,7 +90,7 @@ class ConvStack(BlockModel):
         self.convs = nn.ModuleList(convs)
         self.norms = nn.ModuleList(_norm(norm, d) for d in self.dims[1:-1])
         self.activation = _activation(activation)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     @property
     def num_layers(self) -> int:

@@ -63,6 +63,7 @@ from gnn_ooc.graphstore.pack.writer import fit_segment_batches, pack_epoch
 from gnn_ooc.memory import MemoryMeter, release_free_memory
 from gnn_ooc.sampler.background import BackgroundPlanner
 from gnn_ooc.sampler.base import SampleKey, Sampler
+from gnn_ooc.sampler.kernels import set_threads as set_numba_threads
 from gnn_ooc.sampler.neighbor import NeighborSampler
 from gnn_ooc.sampler.plan import Plan, Planner, PlanSpec
 from gnn_ooc.trainer.budget import Shares, measure_step, probe_batch
@@ -312,6 +313,7 @@ def _check_data(ds: Dataset, features: bool, say: Say) -> CheckReport:
 def _seed_everything(seed: int, threads: int | None) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
+        set_numba_threads(threads)  # the layers' compressed-row kernels run in this thread, beside torch's
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -348,7 +348,7 @@ def packed_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Clock, dict[s
     packed = PackedEpoch(plan, 0, PACK_NAME)
     clock = Clock()
     for c in caches:
-        clock.wrap(c, "read", c.tier)
+        clock.wrap(c, "lookup", c.tier)  # the slot lookups (the row copies are the assembler's)
     clock.wrap(packed, "read_segment", "packed")
     clock.wrap(backing, "gather", "disk")
     assembler = BatchAssembler(store)
