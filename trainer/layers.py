@@ -50,7 +50,7 @@ class Dropout(nn.Module):
     drop probability is ``p`` to within 2**-17.
 
     Example:
-        >>> torch.manual_seed(0); drop = Dropout(0.5)
+        >>> _ = torch.manual_seed(0); drop = Dropout(0.5)
         >>> out = drop(torch.ones(10_000))
         >>> sorted(set(out.tolist())), round(float((out == 0).float().mean()), 1)
         ([0.0, 2.0], 0.5)

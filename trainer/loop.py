@@ -288,6 +288,9 @@ class Trainer:
             "step": self.state.step, "epoch": epoch, "seconds": self._epoch_time,
             "loss": total / count if count else float("nan"),
             "overlap": self._epoch_time / sum(secs.values()) if secs else 1.0,
+            # an epoch cannot beat its busiest stage: 1.0 is the pipeline at its bound
+            "bound": self._epoch_time / max(secs.values()) if secs and max(secs.values()) > 0 else 1.0,
+            "busiest": max(secs, key=lambda k: secs[k]) if secs else "",
             **{f"{k}_s": v for k, v in secs.items()},
         }
         every = self.settings.eval_every

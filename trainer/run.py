@@ -698,6 +698,8 @@ def _summary(cfg: TrainConfig, mode: str, trainer: Trainer, parts: Parts) -> dic
         "stopped_early": st.stopped_early,
         "epoch_seconds": [r["seconds"] for r in st.epochs],
         "overlap": [r["overlap"] for r in st.epochs],
+        "bound": [r.get("bound", 1.0) for r in st.epochs],  # epoch / its busiest stage's busy time
+        "busiest_stage": [r.get("busiest", "") for r in st.epochs],
         "stage_seconds": trainer.total_seconds,
         "disk_bytes_read": stats.get("disk_bytes_read", 0),
         "read_amplification": stats.get("read_amplification", 0.0),

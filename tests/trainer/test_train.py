@@ -48,6 +48,10 @@ def test_loss_decreases_and_summary(dataset: Path, tmp_path: Path) -> None:
     assert saved["best_valid_acc"] == summary["best_valid_acc"] > 0.5
     assert {"plan", "sample", "gather", "compute"} <= set(saved["stage_seconds"])
     assert len(saved["epoch_seconds"]) == 4 and (tmp_path / "run" / "metrics" / "epochs.csv").is_file()
+    # each epoch against its busiest stage: the stage named, the ratio what the times say
+    for e, (bound, busiest) in enumerate(zip(saved["bound"], saved["busiest_stage"])):
+        record = saved["epochs"][e]
+        assert busiest in saved["stage_seconds"] and bound == record["seconds"] / record[f"{busiest}_s"]
 
 
 def test_offline_online_and_mmap_train_on_the_same_batches_as_memory(dataset: Path, tmp_path: Path) -> None:
