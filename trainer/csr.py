@@ -131,6 +131,48 @@ class _Spmm(torch.autograd.Function):
         return None, grad_w, grad_x
 
 
+def segment_max(csr: BlockCSR, x: torch.Tensor) -> torch.Tensor:
+    """``out[v, d] = max over edges u -> v of x[u, d]`` (zero where ``v`` has no edge); on the CPU the
+    gradient goes to the first source holding the maximum, in the block's edge order (on CUDA,
+    ``scatter_reduce``'s: shared among ties).
+
+    Example:
+        >>> csr = BlockCSR.of(torch.tensor([0, 1, 2]), torch.tensor([0, 0, 1]), 3, 3)
+        >>> x = torch.tensor([[1.0, 5.0], [3.0, 2.0], [-4.0, -1.0]], requires_grad=True)
+        >>> out = segment_max(csr, x); out.tolist()
+        [[3.0, 5.0], [-4.0, -1.0], [0.0, 0.0]]
+        >>> out.sum().backward(); x.grad.tolist()
+        [[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]
+    """
+    if x.dim() != 2 or x.shape[0] != csr.num_src:
+        raise ValueError(f"x {tuple(x.shape)} does not fit a block of {csr.num_src} sources")
+    if x.device.type != "cpu":
+        msg = sorted_gather_rows(x, csr.src)
+        index = csr.dst.view(-1, 1).expand_as(msg)
+        out = x.new_zeros((csr.num_dst, x.shape[1])).scatter_reduce(0, index, msg, "amax", include_self=False)
+        return out
+    return _SegmentMax.apply(csr, x)
+
+
+class _SegmentMax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, csr: BlockCSR, x: torch.Tensor) -> torch.Tensor:
+        xs = _work(x)
+        out = np.empty((csr.num_dst, xs.shape[1]), dtype=xs.dtype)
+        arg = np.empty(out.shape, dtype=np.int64)
+        _rows_max(csr.indptr.numpy(), csr.order.numpy(), csr.src.numpy(), xs, out, arg)
+        ctx.num_src, ctx.dtype = csr.num_src, x.dtype
+        ctx.arg = arg
+        return torch.from_numpy(out).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        g = _work(grad)
+        out = np.zeros((ctx.num_src, g.shape[1]), dtype=g.dtype)
+        _scatter_columns(ctx.arg, g, out)
+        return None, torch.from_numpy(out).to(ctx.dtype)
+
+
 def _weights(weight: torch.Tensor | None, edges: int, dtype: np.dtype) -> np.ndarray:
     if weight is None:
         return np.ones((edges, 1), dtype=dtype)
@@ -180,4 +222,32 @@ def _edge_dots(indptr: np.ndarray, order: np.ndarray, col: np.ndarray, g: np.nda
                 gw[e, h] = acc
 
 
-__all__ = ["BlockCSR", "spmm"]
+@njit(parallel=True, cache=True, nogil=True)
+def _rows_max(indptr: np.ndarray, order: np.ndarray, col: np.ndarray, x: np.ndarray, out: np.ndarray,
+              arg: np.ndarray) -> None:  # pragma: no cover - compiled
+    """``out[r] = max_p x[col[order[p]]]`` per column, ``arg`` the source that held it (-1: no edge)."""
+    for r in prange(out.shape[0]):
+        orow, arow = out[r], arg[r]
+        for d in range(orow.size):
+            orow[d] = 0
+            arow[d] = -1
+        for p in range(indptr[r], indptr[r + 1]):
+            c = col[order[p]]
+            xrow = x[c]
+            for d in range(orow.size):
+                if arow[d] < 0 or xrow[d] > orow[d]:
+                    orow[d] = xrow[d]
+                    arow[d] = c
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _scatter_columns(arg: np.ndarray, g: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """``out[arg[r, d], d] += g[r, d]``: each thread owns whole columns and adds rows in order."""
+    for d in prange(g.shape[1]):
+        for r in range(g.shape[0]):
+            u = arg[r, d]
+            if u >= 0:
+                out[u, d] += g[r, d]
+
+
+__all__ = ["BlockCSR", "segment_max", "spmm"]

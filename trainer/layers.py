@@ -8,7 +8,7 @@ cheaper order for its block (``project_first``): a sampled block has several tim
 than destinations, so aggregating the wide input rows first and projecting only the
 destinations' sums usually wins, and the input features need no gradient at all.
 
-* ``SAGEConv``: GraphSAGE with mean aggregation, ``W_l mean(x_u) + W_r x_v + b``.
+* ``SAGEConv``: GraphSAGE, ``W_l aggr(x_u) + W_r x_v + b`` with ``aggr`` mean (default), sum or max.
 * ``GCNConv``: ``D_dst^-1/2 (A + I) D_src^-1/2 X W + b`` with degrees counted on the block (DGL's
   ``GraphConv(norm="both")`` after adding self loops), or ``degree_norm="right"``: the mean.
 * ``GATConv``: multi-head graph attention, heads concatenated or averaged.
@@ -35,7 +35,7 @@ from torch import nn
 
 from gnn_ooc.trainer.aggregate import gather_rows, sum_into
 from gnn_ooc.trainer.base import TorchBlock, TrainerError
-from gnn_ooc.trainer.csr import BlockCSR, spmm
+from gnn_ooc.trainer.csr import BlockCSR, segment_max, spmm
 
 __all__ = ["Dropout", "GATConv", "GCNConv", "SAGEConv", "edge_softmax", "project_first", "with_self_loops"]
 
@@ -144,19 +144,23 @@ def _mean(csr: BlockCSR, x: torch.Tensor) -> torch.Tensor:
 
 
 class SAGEConv(nn.Module):
-    """GraphSAGE with mean aggregation: ``W_l mean_{u -> v} x_u + W_r x_v + b``.
+    """GraphSAGE: ``W_l aggr_{u -> v} x_u + W_r x_v + b``, ``aggr`` ``"mean"`` (default), ``"sum"`` or ``"max"``.
 
-    A destination without in-edges gets a zero aggregate (so ``W_r x_v + b``).
+    A destination without in-edges gets a zero aggregate (so ``W_r x_v + b``). Mean and sum are
+    linear, so they may project first (``project_first``); max aggregates the input rows.
 
     Example:
         >>> block = TorchBlock(torch.tensor([[1, 2], [0, 0]]), num_src=3, num_dst=2)
-        >>> SAGEConv(5, 3)(block, torch.randn(3, 5)).shape
-        torch.Size([2, 3])
+        >>> [tuple(SAGEConv(5, 3, aggr=a)(block, torch.randn(3, 5)).shape) for a in ("mean", "sum", "max")]
+        [(2, 3), (2, 3), (2, 3)]
     """
 
-    def __init__(self, in_dim: int, out_dim: int, bias: bool = True) -> None:
+    def __init__(self, in_dim: int, out_dim: int, bias: bool = True,
+                 aggr: Literal["mean", "sum", "max"] = "mean") -> None:
         super().__init__()
-        self.in_dim, self.out_dim = in_dim, out_dim
+        if aggr not in ("mean", "sum", "max"):
+            raise TrainerError(f"aggr must be 'mean', 'sum' or 'max', got {aggr!r}")
+        self.in_dim, self.out_dim, self.aggr = in_dim, out_dim, aggr
         self.lin_neighbours = nn.Linear(in_dim, out_dim, bias=bias)
         self.lin_root = nn.Linear(in_dim, out_dim, bias=False)
 
@@ -164,15 +168,20 @@ class SAGEConv(nn.Module):
         src, dst = block.edge_index
         csr = BlockCSR.of(src, dst, block.num_src, block.num_dst)
         w = self.lin_neighbours
-        if project_first(csr, self.in_dim, self.out_dim, input_grad=x_src.requires_grad):
-            agg = _mean(csr, F.linear(x_src, w.weight))
+        if self.aggr != "max" and project_first(csr, self.in_dim, self.out_dim, input_grad=x_src.requires_grad):
+            agg = self._aggregate(csr, F.linear(x_src, w.weight))
             neighbours = agg if w.bias is None else agg + w.bias
         else:
-            neighbours = w(_mean(csr, x_src))
+            neighbours = w(self._aggregate(csr, x_src))
         return neighbours + self.lin_root(x_src[: block.num_dst])
 
+    def _aggregate(self, csr: BlockCSR, x: torch.Tensor) -> torch.Tensor:
+        if self.aggr == "max":
+            return segment_max(csr, x)
+        return _mean(csr, x) if self.aggr == "mean" else spmm(csr, None, x)
+
     def extra_repr(self) -> str:
-        return f"{self.in_dim}, {self.out_dim}, aggr=mean"
+        return f"{self.in_dim}, {self.out_dim}, aggr={self.aggr}"
 
 
 class GCNConv(nn.Module):

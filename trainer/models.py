@@ -115,7 +115,7 @@ class ConvStack(BlockModel):
 
 
 class GraphSAGE(ConvStack):
-    """GraphSAGE (mean aggregation) with ``num_layers`` ``SAGEConv`` layers.
+    """GraphSAGE with ``num_layers`` ``SAGEConv`` layers (``aggr``: mean, sum or max).
 
     Example:
         >>> GraphSAGE(in_dim=8, hidden=16, out_dim=3, num_layers=3, norm="batch").dims
@@ -123,9 +123,10 @@ class GraphSAGE(ConvStack):
     """
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int, num_layers: int, dropout: float = 0.5,
-                 norm: Norm = "none", activation: str | nn.Module = "relu") -> None:
+                 norm: Norm = "none", activation: str | nn.Module = "relu",
+                 aggr: Literal["mean", "sum", "max"] = "mean") -> None:
         dims = _widths(in_dim, hidden, out_dim, num_layers)
-        convs = [SAGEConv(a, b) for a, b in zip(dims[:-1], dims[1:])]
+        convs = [SAGEConv(a, b, aggr=aggr) for a, b in zip(dims[:-1], dims[1:])]
         super().__init__(convs, dims, dropout=dropout, norm=norm, activation=activation)
 
 

@@ -8,7 +8,7 @@ import numba
 import pytest
 import torch
 
-from gnn_ooc.trainer.csr import BlockCSR, spmm
+from gnn_ooc.trainer.csr import BlockCSR, segment_max, spmm
 
 
 def random_block(seed: int, num_src: int = 40, num_dst: int = 12, edges: int = 90) -> tuple[torch.Tensor, ...]:
@@ -92,3 +92,19 @@ def test_a_block_without_edges_and_bad_shapes() -> None:
     assert not grad.any()
     with pytest.raises(ValueError, match="does not fit"):
         spmm(csr, None, torch.randn(5, 3))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_segment_max_matches_amax_and_its_gradient(seed: int) -> None:
+    src, dst, ns, nd = random_block(seed)
+    x = torch.randn(int(ns), 7, dtype=torch.float64, requires_grad=True)
+    out = segment_max(BlockCSR.of(src, dst, int(ns), int(nd)), x)
+    index = dst.view(-1, 1).expand(-1, 7)
+    ref = x.new_zeros(int(nd), 7).scatter_reduce(0, index, x[src], "amax", include_self=False)
+    torch.testing.assert_close(out, ref)
+    assert out[-3:].abs().sum() == 0
+    up = torch.randn(out.shape, dtype=torch.float64)
+    # random values have no ties (duplicate edges repeat one source: its gradient counts once either way)
+    got = torch.autograd.grad(out, x, up)[0]
+    want = torch.autograd.grad(ref, x, up)[0]
+    torch.testing.assert_close(got, want)

@@ -148,6 +148,21 @@ def test_sage_mean_by_hand(in_dim: int, out_dim: int) -> None:
     torch.testing.assert_close(conv(block, x)[2], conv.lin_root(x[2]) + conv.lin_neighbours.bias)
 
 
+@pytest.mark.parametrize("aggr", ["sum", "max"])
+def test_sage_sum_and_max_by_hand(aggr: str) -> None:
+    torch.manual_seed(0)
+    block = TorchBlock(torch.tensor([[1, 2, 3, 0, 1], [0, 0, 0, 1, 0]]), num_src=4, num_dst=3)  # 1 -> 0 twice
+    x = torch.randn(4, 3, requires_grad=True)
+    conv = SAGEConv(3, 2, aggr=aggr)  # type: ignore[arg-type]
+    rows = [x[[1, 2, 3, 1]], x[[0]]]
+    agg = torch.stack([r.sum(0) if aggr == "sum" else r.amax(0) for r in rows] + [torch.zeros(3)])
+    expected = conv.lin_neighbours(agg) + conv.lin_root(x[:3])
+    got = conv(block, x)
+    torch.testing.assert_close(got, expected)
+    up = torch.randn(got.shape)
+    torch.testing.assert_close(torch.autograd.grad(got, x, up)[0], torch.autograd.grad(expected, x, up)[0])
+
+
 def dense_adjacency(src: np.ndarray, dst: np.ndarray, n: int) -> torch.Tensor:
     a = torch.zeros(n, n)
     a[torch.from_numpy(dst), torch.from_numpy(src)] = 1.0  # a[v, u]: u -> v
