@@ -74,6 +74,8 @@ def ours(name: str, dims: list[int], args: argparse.Namespace) -> torch.nn.Modul
 
 def pyg(name: str, dims: list[int], args: argparse.Namespace) -> torch.nn.Module | None:
     """PyG's SAGEConv / GATConv through ``FromPygLayers`` (its GCNConv takes no bipartite pairs: none)."""
+    if name not in ("sage", "gat"):
+        return None
     try:
         import torch_geometric.nn as pyg_nn
     except ImportError:
