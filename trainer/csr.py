@@ -1,8 +1,8 @@
 """Message passing on compressed rows: ``out[v] = sum over edges u -> v of w[e] * x[u]``, with no
 ``[E, D]`` message tensor, forward and backward, the same bits on every run whatever the thread count.
 
-A ``BlockCSR`` orders a block's edges by destination (the rows of the product) and, for the
-backward, by source (the rows of the transpose); both sorts are stable, so each row sums its
+A ``BlockCSR`` orders a block's edges by destination (the rows of the product) and, when a
+backward needs it, by source (the rows of the transpose); both sorts are stable, so each row sums its
 edges in the block's own order, and each row is summed by one thread: no order depends on the
 thread count. Edge weights stay in the block's edge order (the kernels look them up through the
 sort), ``[E]`` or ``[E, H]`` for ``H`` heads; ``x`` is ``[N, D]``, or ``[N, H * D]`` read as ``H``
@@ -34,8 +34,8 @@ from gnn_ooc.trainer.aggregate import sorted_gather_rows, sorted_sum_into
 
 @dataclass(frozen=True)
 class BlockCSR:
-    """A block's edges ``src -> dst`` grouped by destination (``indptr``, ``order``) and by source
-    (``t_indptr``, ``t_order``): ``order[p]`` is the edge at position ``p`` of that grouping."""
+    """A block's edges ``src -> dst`` grouped by destination (``indptr``, ``order``: ``order[p]`` is
+    the edge at position ``p``); ``by_source()`` groups them by source, for the backward."""
 
     src: torch.Tensor
     dst: torch.Tensor
@@ -43,15 +43,17 @@ class BlockCSR:
     num_dst: int
     indptr: torch.Tensor
     order: torch.Tensor
-    t_indptr: torch.Tensor
-    t_order: torch.Tensor
 
     @classmethod
     def of(cls, src: torch.Tensor, dst: torch.Tensor, num_src: int, num_dst: int) -> BlockCSR:
-        """Both groupings of the edges (``src``, ``dst``: int64, local ids)."""
+        """The edges (``src``, ``dst``: int64, local ids) grouped by destination."""
         indptr, order = _grouping(dst, num_dst)
-        t_indptr, t_order = _grouping(src, num_src)
-        return cls(src, dst, int(num_src), int(num_dst), indptr, order, t_indptr, t_order)
+        return cls(src, dst, int(num_src), int(num_dst), indptr, order)
+
+    def by_source(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(indptr, order)`` of the edges grouped by source, built only when a backward needs the
+        sources' gradient (the input features of a first layer need none)."""
+        return _grouping(self.src, self.num_src)
 
     @property
     def num_edges(self) -> int:
@@ -121,7 +123,8 @@ class _Spmm(torch.autograd.Function):
         grad_x = grad_w = None
         if ctx.needs_input_grad[2]:
             out = np.empty((csr.num_src, x.shape[1]), dtype=g.dtype)
-            _rows_sum(csr.t_indptr.numpy(), csr.t_order.numpy(), csr.dst.numpy(), w, g, out)
+            t_indptr, t_order = csr.by_source()
+            _rows_sum(t_indptr.numpy(), t_order.numpy(), csr.dst.numpy(), w, g, out)
             grad_x = torch.from_numpy(out).to(ctx.dtype)
         if weight is not None and ctx.needs_input_grad[1]:
             gw = np.empty(w.shape, dtype=g.dtype)

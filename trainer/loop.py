@@ -280,6 +280,7 @@ class Trainer:
 
     def _epoch_record(self, epoch: int) -> dict[str, Any]:
         secs = self.timers.seconds()
+        busiest = max(secs, key=lambda k: secs[k]) if secs else ""
         for k, v in secs.items():
             self.total_seconds[k] = self.total_seconds.get(k, 0.0) + v
         # the epoch's mean loss over every rank's batches (those before a resume included)
@@ -289,8 +290,8 @@ class Trainer:
             "loss": total / count if count else float("nan"),
             "overlap": self._epoch_time / sum(secs.values()) if secs else 1.0,
             # an epoch cannot beat its busiest stage: 1.0 is the pipeline at its bound
-            "bound": self._epoch_time / max(secs.values()) if secs and max(secs.values()) > 0 else 1.0,
-            "busiest": max(secs, key=lambda k: secs[k]) if secs else "",
+            "bound": self._epoch_time / secs[busiest] if busiest and secs[busiest] > 0 else 1.0,
+            "busiest": busiest,
             **{f"{k}_s": v for k, v in secs.items()},
         }
         every = self.settings.eval_every

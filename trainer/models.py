@@ -84,13 +84,11 @@ class ConvStack(BlockModel):
         super().__init__()
         if len(convs) < 1 or len(dims) != len(convs) + 1:
             raise TrainerError(f"need at least one layer and len(dims) == len(convs) + 1, got {len(convs)} and {len(dims)}")
-        if not 0.0 <= dropout < 1.0:
-            raise TrainerError(f"dropout must be in [0, 1), got {dropout}")
         self.dims = [int(d) for d in dims]
         self.convs = nn.ModuleList(convs)
         self.norms = nn.ModuleList(_norm(norm, d) for d in self.dims[1:-1])
         self.activation = _activation(activation)
-        self.dropout = Dropout(dropout)
+        self.dropout = Dropout(dropout)  # refuses a rate outside [0, 1)
 
     @property
     def num_layers(self) -> int:

@@ -131,6 +131,8 @@ def test_bad_settings_are_refused() -> None:
         GraphSAGE(in_dim=2, hidden=4, out_dim=2, num_layers=2, norm="group")
     with pytest.raises(TrainerError, match="num_layers"):
         GraphSAGE(in_dim=2, hidden=4, out_dim=2, num_layers=0)
+    with pytest.raises(TrainerError, match=r"dropout must be in \[0, 1\), got 1.0"):
+        GraphSAGE(in_dim=2, hidden=4, out_dim=2, num_layers=2, dropout=1.0)
 
 
 # --- layers against hand computations --------------------------------------------------------------
